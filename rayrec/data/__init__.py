@@ -1,0 +1,1 @@
+"""Data stage: fetch example datasets and preprocess interaction logs on Ray Data (no torch)."""

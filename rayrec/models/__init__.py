@@ -1,0 +1,1 @@
+"""Model stage: plain PyTorch sequence models, scoring and the serving bundle format (no Ray)."""

@@ -1,0 +1,120 @@
+"""The model bundle: the one directory that training writes and serving loads.
+
+Layout:
+    model.pt           state_dict of the best SASRec (load with weights_only=True)
+    bundle.json        model config, catalog size, version, dataset, creation time, metrics
+    vocab.parquet      item_index (1..N) and raw item_id (string)
+    histories.parquet  user_id and item_ids (list<int32>, oldest first): each user's full history
+    popularity.parquet item_index and count over the training split, most popular first
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rayrec.models.config import ModelConfig
+from rayrec.models.sasrec import SASRec
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FILES = ("model.pt", "bundle.json", "vocab.parquet", "histories.parquet", "popularity.parquet")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle, ready to score."""
+
+    path: Path
+    model: SASRec
+    metadata: dict[str, Any]
+    item_ids: list[str]  # raw item id by item_index; entry 0 is the padding placeholder
+    item_index: dict[str, int]
+    histories: dict[str, np.ndarray]  # user_id -> item indices, oldest first
+    popular_items: np.ndarray  # item indices, most popular first
+
+    @property
+    def version(self) -> str:
+        return self.metadata["version"]
+
+
+def write_bundle(
+    path: str | Path,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    num_items: int,
+    vocab: pa.Table,
+    histories: pa.Table,
+    popularity: pa.Table,
+    metrics: dict[str, float],
+    dataset: str,
+) -> Path:
+    """Write a bundle directory and return its path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    created_at = datetime.now(timezone.utc)
+
+    torch.save(state_dict, path / "model.pt")
+    pq.write_table(vocab, path / "vocab.parquet")
+    pq.write_table(histories, path / "histories.parquet")
+    pq.write_table(popularity, path / "popularity.parquet")
+    metadata = {
+        "version": f"{dataset}-{created_at.strftime('%Y%m%dT%H%M%SZ')}",
+        "created_at": created_at.isoformat(),
+        "dataset": dataset,
+        "model": "sasrec",
+        "model_config": dataclasses.asdict(model_config),
+        "num_items": num_items,
+        "metrics": metrics,
+    }
+    (path / "bundle.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    logger.info("Wrote bundle %s to %s", metadata["version"], path)
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle directory written by `write_bundle`; the model is in eval mode on CPU."""
+    path = Path(path).expanduser()
+    missing = [name for name in BUNDLE_FILES if not (path / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a rayrec bundle: missing {', '.join(missing)}. Train one with `rayrec train`."
+        )
+
+    metadata = json.loads((path / "bundle.json").read_text())
+    model = SASRec(ModelConfig(**metadata["model_config"]), metadata["num_items"])
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.eval()
+
+    vocab = pq.read_table(path / "vocab.parquet")
+    item_ids = [""] + vocab["item_id"].to_pylist()
+    if vocab["item_index"].to_pylist() != list(range(1, len(item_ids))):
+        raise ValueError(f"{path / 'vocab.parquet'}: item_index must run 1..N in order.")
+
+    histories_table = pq.read_table(path / "histories.parquet")
+    histories = {
+        user: np.asarray(items, dtype=np.int64)
+        for user, items in zip(histories_table["user_id"].to_pylist(), histories_table["item_ids"].to_pylist())
+    }
+    popular = pq.read_table(path / "popularity.parquet")["item_index"].to_numpy().astype(np.int64)
+
+    return Bundle(
+        path=path,
+        model=model,
+        metadata=metadata,
+        item_ids=item_ids,
+        item_index={item: index for index, item in enumerate(item_ids) if index},
+        histories=histories,
+        popular_items=popular,
+    )

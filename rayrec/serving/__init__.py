@@ -1,0 +1,1 @@
+"""Serving stage: a Ray Serve application that loads a bundle and answers HTTP requests."""

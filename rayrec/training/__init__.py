@@ -1,0 +1,1 @@
+"""Training stage: data-parallel SASRec training on Ray Train, evaluation and bundle export."""

@@ -1,0 +1,47 @@
+"""Training config; imports no torch so configs load anywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train scaling, optimizer, early stopping and output locations.
+
+    `batch_size` is global: each of the `num_workers` workers takes an equal part of it.
+    `cpus_per_worker` unset means: share the cluster's CPUs between the workers but leave
+    `data_cpus` free, so Ray Data can always read and feed the workers.
+    """
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    data_cpus: float = 1.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 1.0
+    max_epochs: int = 200
+    patience: int = 10
+    eval_k: int = 10
+    seed: int = 42
+    log_every_n_steps: int = 50
+    storage_path: str = "outputs/ml-100k/runs"
+    run_name: str | None = None
+    bundle_dir: str = "outputs/ml-100k/bundle"
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers ({self.num_workers}) must be at least 1.")
+        if self.batch_size < self.num_workers:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is global and must be at least num_workers ({self.num_workers})."
+            )
+        for name in ("lr", "max_epochs", "patience", "eval_k", "log_every_n_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be positive.")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker ({self.cpus_per_worker}) must be positive, or unset for automatic sizing.")
+        if self.data_cpus < 0:
+            raise ValueError(f"data_cpus ({self.data_cpus}) must not be negative.")

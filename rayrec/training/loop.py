@@ -1,0 +1,256 @@
+"""The per-worker training loop that Ray Train runs on each data-parallel worker.
+
+Each epoch: train on this worker's shard of users, evaluate the validation shard, sum the
+metric counts over all workers, checkpoint, and report to Ray Train. After the last epoch
+every worker reloads the best weights and evaluates validation and test once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from rayrec.models.config import ModelConfig
+from rayrec.models.sasrec import PADDING_ID, SASRec, SequenceBatch
+from rayrec.models.scoring import pad_histories
+from rayrec.training.config import TrainConfig
+from rayrec.training.evaluate import ranking_sums_for_rows
+from rayrec.training.metrics import metrics_from_sums
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrainState:
+    """Progress that a resumed run needs besides the weights."""
+
+    next_epoch: int = 0
+    best_ndcg: float = -1.0
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    model_config = ModelConfig(**loop_config["model"])
+    config = TrainConfig(**loop_config["train"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    _setup_worker(rank, loop_config["torch_threads"], config.seed)
+
+    model = ray.train.torch.prepare_model(SASRec(model_config, loop_config["num_items"]))
+    module = model.module if hasattr(model, "module") else model
+    torch.manual_seed(config.seed + rank)  # dropout noise differs per rank
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    state, best_weights = _restore(module, optimizer)
+    if best_weights is None:
+        best_weights = _copy_weights(module)
+
+    per_worker_batch = config.batch_size // world_size
+    k = config.eval_k
+    sequences = read_shard("train", ["item_ids"])["item_ids"]
+    splits = {split: read_shard(split, ["history", "target"]) for split in ("valid", "test")}
+    logger.info("Rank %d shard: %d training sequences, %d validation users, %d test users", rank,
+                len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]))
+    for epoch in range(state.next_epoch, config.max_epochs):
+        start = time.perf_counter()
+        train_loss = _train_epoch(model, optimizer, config, sequences, model_config.max_len, per_worker_batch,
+                                  epoch, device)
+        valid = _evaluate(module, splits["valid"], k, prefix="valid_")
+
+        ndcg = valid[f"valid_ndcg@{k}"]
+        if ndcg > state.best_ndcg:
+            state.best_ndcg, state.best_epoch, state.epochs_without_improvement = ndcg, epoch, 0
+            best_weights = _copy_weights(module)
+        else:
+            state.epochs_without_improvement += 1
+        state.next_epoch = epoch + 1
+
+        metrics = {"epoch": epoch, "train_loss": train_loss, **valid, "best_epoch": state.best_epoch,
+                   f"best_valid_ndcg@{k}": state.best_ndcg, "epoch_time_s": time.perf_counter() - start}
+        logger.info(
+            "epoch %d | loss %.4f | valid NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f | best %.4f (epoch %d) | %.1f s",
+            epoch, train_loss, k, ndcg, k, valid[f"valid_hr@{k}"], k, valid[f"valid_mrr@{k}"],
+            state.best_ndcg, state.best_epoch, metrics["epoch_time_s"],
+        )
+        _report(metrics, module, optimizer, state, best_weights, rank)
+        if state.epochs_without_improvement >= config.patience:
+            logger.info("Stopping early: no validation NDCG@%d gain for %d epochs", k, config.patience)
+            break
+
+    module.load_state_dict(best_weights)
+    final = {
+        **_evaluate(module, splits["valid"], k, prefix="valid_"),
+        **_evaluate(module, splits["test"], k, prefix="test_"),
+        "best_epoch": state.best_epoch,
+        "epochs_trained": state.next_epoch,
+        "final": True,
+    }
+    logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f", state.best_epoch,
+                k, final[f"test_ndcg@{k}"], k, final[f"test_hr@{k}"], k, final[f"test_mrr@{k}"])
+    # The final report carries a checkpoint too, so Ray Train's result holds these metrics.
+    _report(final, module, optimizer, state, best_weights, rank)
+
+
+def _setup_worker(rank: int, torch_threads: int, seed: int) -> None:
+    # Rank 0 logs progress at info; the other ranks only log problems.
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rayrec").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    torch.set_num_threads(max(1, min(torch_threads, os.cpu_count() or 1)))
+    # The same seed on every rank gives identical initial weights.
+    torch.manual_seed(seed)
+
+
+def _train_epoch(model, optimizer, config: TrainConfig, sequences: list[np.ndarray], max_len: int,
+                 batch_size: int, epoch: int, device) -> float:
+    """Train one pass over this worker's sequences and return the mean loss over all workers."""
+    model.train()
+    rank = ray.train.get_context().get_world_rank()
+    rng = np.random.default_rng([config.seed, epoch, rank])
+    batches = iter(length_bucketed_batches(sequences, batch_size, rng))
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, number of real steps]
+    step, interval_start = 0, time.perf_counter()
+    sequences_in_interval = 0
+
+    while True:
+        batch = next(batches, None)
+        # Shards may differ in size: every worker keeps stepping until all are done, and a
+        # worker without data steps on a zero-weight batch so the gradient all-reduce matches.
+        if not _any_worker_has_data(batch is not None):
+            break
+        item_ids = _training_sequences(batch, max_len) if batch is not None else None
+        weight = 1.0
+        if item_ids is None or not bool((item_ids[:, 1:] != PADDING_ID).any()):
+            item_ids, weight = torch.ones((1, 2), dtype=torch.int64), 0.0
+
+        inputs, targets = item_ids[:, :-1].to(device), item_ids[:, 1:].to(device)
+        _, loss = model(SequenceBatch(item_ids=inputs, target_ids=targets))
+        optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        if config.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+        optimizer.step()
+
+        if weight:
+            loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+            sequences_in_interval += inputs.shape[0]
+        step += 1
+        if step % config.log_every_n_steps == 0:
+            elapsed = time.perf_counter() - interval_start
+            logger.info("epoch %d step %d | loss %.4f | %.1f ms/step | %.0f sequences/s (this worker)",
+                        epoch, step, loss.item(), 1000 * elapsed / config.log_every_n_steps,
+                        sequences_in_interval / max(elapsed, 1e-9))
+            interval_start, sequences_in_interval = time.perf_counter(), 0
+
+    _all_reduce_sum(loss_sum)
+    return float(loss_sum[0] / max(loss_sum[1], 1.0))
+
+
+def length_bucketed_batches(sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator,
+                            batches_per_bucket: int = 16) -> list[list[np.ndarray]]:
+    """Shuffle, then group sequences of similar length so batches carry little padding.
+
+    Sorting happens only inside buckets of `batches_per_bucket` batches, and the batch order
+    is shuffled, so each epoch still sees the data in a random order.
+    """
+    order = rng.permutation(len(sequences))
+    bucket = batch_size * batches_per_bucket
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start:start + bucket], key=lambda i: len(sequences[i]))
+        batches.extend([[sequences[i] for i in chunk[j:j + batch_size]] for j in range(0, len(chunk), batch_size)])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _training_sequences(item_lists: list[np.ndarray], max_len: int) -> torch.Tensor:
+    # Inputs are items[:-1] and targets items[1:], so keep max_len + 1 items.
+    return pad_histories(item_lists, max_len + 1)
+
+
+def read_shard(split: str, columns: list[str]) -> dict[str, list]:
+    """Read this worker's whole shard of `split` from Ray Data into memory.
+
+    NOTE: shards are read once per run and kept in worker memory, which suits sequence data
+    up to a few million users per worker; larger data would need per-epoch streaming.
+    """
+    rows: dict[str, list] = {column: [] for column in columns}
+    shard = ray.train.get_dataset_shard(split)
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        for column in columns:
+            rows[column].extend(np.asarray(value) for value in batch[column])
+    return rows
+
+
+def _evaluate(module: SASRec, rows: dict[str, list], k: int, prefix: str) -> dict[str, float]:
+    """Full-ranking metrics at k over every user of a split, summed over all workers."""
+    sums = ranking_sums_for_rows(module, rows["history"], rows["target"], k)
+    _all_reduce_sum(sums)
+    return metrics_from_sums(sums, k, prefix)
+
+
+def _any_worker_has_data(has_data: bool) -> bool:
+    flag = torch.tensor([1.0 if has_data else 0.0])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _all_reduce_sum(values: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+
+
+def _copy_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+def _report(metrics, module, optimizer, state: TrainState, best_weights, rank: int) -> None:
+    """Report epoch metrics; rank 0 attaches a checkpoint with everything a resume needs."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            torch.save({
+                "model": _copy_weights(module),
+                "best_model": best_weights,
+                "optimizer": optimizer.state_dict(),
+                "train_state": asdict(state),
+                "torch_rng": torch.get_rng_state(),
+            }, Path(folder) / CHECKPOINT_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _restore(module: torch.nn.Module, optimizer) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState(), None
+
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    module.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = TrainState(**saved["train_state"])
+    logger.info("Resumed from checkpoint at epoch %d (best epoch %d)", state.next_epoch, state.best_epoch)
+    return state, saved["best_model"]
+
+
+def load_best_weights(checkpoint: ray.train.Checkpoint) -> dict[str, torch.Tensor]:
+    """Read the best model weights from a checkpoint written by this loop."""
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return saved["best_model"]

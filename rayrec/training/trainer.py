@@ -1,0 +1,161 @@
+"""Driver side of training: build the Ray Train run, fit it, and export the bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from rayrec.models.bundle import write_bundle
+from rayrec.models.config import ModelConfig
+from rayrec.training.config import TrainConfig
+from rayrec.training.loop import load_best_weights, train_loop_per_worker
+from rayrec.training.resources import plan_worker_resources
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+BLOCKS_PER_WORKER = 8
+
+
+@dataclass
+class TrainOutput:
+    bundle_dir: Path
+    metrics: dict[str, Any]
+    run_dir: str
+    wall_time_s: float
+
+
+class UnevenShardDataConfig(ray.train.DataConfig):
+    """Give every worker a shard of each split without dropping rows.
+
+    Ray Train's default split makes shards equal by dropping up to num_workers - 1 rows;
+    evaluation must see every user, and the training loop handles unequal shards itself.
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        shards = [{} for _ in range(world_size)]
+        for name, dataset in datasets.items():
+            dataset = dataset.copy(dataset)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            locality = worker_node_ids if self._enable_shard_locality else None
+            for rank, split in enumerate(dataset.streaming_split(world_size, equal=False, locality_hints=locality)):
+                shards[rank][name] = split
+        return shards
+
+
+def train(
+    prepared_dir: str | Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    dataset_name: str,
+) -> TrainOutput:
+    """Train SASRec on a prepared directory with Ray Train and write the bundle.
+
+    Expects Ray to be initialized (`ray.init()` locally, or a job on a cluster).
+    """
+    start = time.perf_counter()
+    prepared_dir = Path(prepared_dir)
+    _check_prepared(prepared_dir)
+    num_items = pq.read_metadata(prepared_dir / "vocab.parquet").num_rows
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+    resources = plan_worker_resources(config, cluster_cpus)
+    logger.info(
+        "Training with %d workers x %g CPUs (%d torch threads each), %g of %g CPUs left for Ray Data",
+        config.num_workers, resources.cpus_per_worker, resources.torch_threads, resources.free_cpus, cluster_cpus,
+    )
+
+    run_name = config.run_name or f"sasrec-{dataset_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    storage_path = _absolute_storage_path(config.storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model": dataclasses.asdict(model_config),
+            "train": dataclasses.asdict(config),
+            "num_items": num_items,
+            "torch_threads": resources.torch_threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+        datasets={split: _read_split(prepared_dir, split, config.num_workers) for split in SPLITS},
+        dataset_config=UnevenShardDataConfig(),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"Training run {run_name} failed: {result.error}") from result.error
+
+    metrics = {key: value for key, value in result.metrics.items() if key.startswith(("valid_", "test_"))}
+    metrics.update(best_epoch=result.metrics["best_epoch"], epochs_trained=result.metrics["epochs_trained"])
+    bundle_dir = export_bundle(
+        prepared_dir, Path(config.bundle_dir), load_best_weights(result.checkpoint), model_config,
+        num_items, metrics, dataset_name,
+    )
+    wall_time_s = time.perf_counter() - start
+    logger.info("Training finished in %.1f s; bundle at %s", wall_time_s, bundle_dir)
+    return TrainOutput(bundle_dir=bundle_dir, metrics=metrics, run_dir=f"{storage_path}/{run_name}", wall_time_s=wall_time_s)
+
+
+def export_bundle(prepared_dir: Path, bundle_dir: Path, state_dict, model_config: ModelConfig, num_items: int,
+                  metrics: dict[str, Any], dataset_name: str) -> Path:
+    """Write the serving bundle: weights, vocabulary, full user histories and popularity."""
+    sequences = pq.read_table(prepared_dir / "sequences", columns=["user_id", "item_ids"])
+    train_items = pq.read_table(prepared_dir / "train", columns=["item_ids"])["item_ids"]
+    counts = pc.value_counts(pc.list_flatten(train_items))
+    popularity = pa.table({
+        "item_index": counts.field("values").cast(pa.int32()),
+        "count": counts.field("counts"),
+    }).sort_by([("count", "descending"), ("item_index", "ascending")])
+
+    return write_bundle(
+        bundle_dir,
+        state_dict=state_dict,
+        model_config=model_config,
+        num_items=num_items,
+        vocab=pq.read_table(prepared_dir / "vocab.parquet"),
+        histories=sequences,
+        popularity=popularity,
+        metrics=metrics,
+        dataset=dataset_name,
+    )
+
+
+def _read_split(prepared_dir: Path, split: str, num_workers: int) -> ray.data.Dataset:
+    # Shards are made of whole blocks; several equal blocks per worker keep the shards balanced.
+    dataset = ray.data.read_parquet(str((prepared_dir / split).resolve()))
+    return dataset.repartition(BLOCKS_PER_WORKER * num_workers)
+
+
+def _check_prepared(prepared_dir: Path) -> None:
+    missing = [name for name in ("vocab.parquet", *SPLITS, "sequences") if not (prepared_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{prepared_dir} is not a prepared dataset: missing {', '.join(missing)}. Run `rayrec prepare` first."
+        )
+
+
+def _absolute_storage_path(storage_path: str) -> str:
+    # Ray Train needs an absolute path or a URI; workers may not share the driver's working directory.
+    if "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).expanduser().resolve())

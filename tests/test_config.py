@@ -1,0 +1,66 @@
+import pytest
+
+from rayrec.config import ConfigError, load_config
+
+
+def test_defaults_without_file():
+    config = load_config(None)
+
+    assert config.data.dataset == "ml-100k"
+    assert config.train.num_workers == 2
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_epochs: 3\n")
+    config = load_config(path, ["train.lr=0.01", "model.dropout=0.3", "train.run_name=null", "train.use_gpu=false"])
+
+    assert config.train.max_epochs == 3
+    assert config.train.lr == 0.01
+    assert config.model.dropout == 0.3
+    assert config.train.run_name is None
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  hidden: 64\n")
+
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) hidden in ModelConfig. Valid keys: dropout, hidden_size"):
+        load_config(path)
+
+
+def test_unknown_section_rejected(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("serving:\n  port: 1\n")
+
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) serving"):
+        load_config(path)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="train: num_workers: expected int"):
+        load_config(None, ["train.num_workers=two"])
+    with pytest.raises(ConfigError, match="train: use_gpu: expected true or false"):
+        load_config(None, ["train.use_gpu=1"])
+
+
+def test_value_error_names_section():
+    with pytest.raises(ConfigError, match="model: hidden_size \\(30\\) must be divisible"):
+        load_config(None, ["model.hidden_size=30", "model.num_heads=4"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="Config file not found"):
+        load_config("/nonexistent/run.yaml")
+
+
+def test_shipped_config_loads():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "ml-100k.yaml")
+    assert config.data.dataset == "ml-100k"

@@ -1,0 +1,36 @@
+import pytest
+
+from rayrec.training.config import TrainConfig
+from rayrec.training.resources import plan_worker_resources
+
+
+def test_two_workers_on_two_cpus_leave_one_for_data():
+    plan = plan_worker_resources(TrainConfig(num_workers=2), cluster_cpus=2)
+
+    assert plan.cpus_per_worker == 0.5
+    assert plan.free_cpus == 1
+    assert plan.torch_threads == 1
+
+
+def test_explicit_cpus_that_starve_data_rejected():
+    with pytest.raises(ValueError, match="2 training workers x 1 CPUs = 2 CPUs, but only 1 of the cluster's 2 CPUs"):
+        plan_worker_resources(TrainConfig(num_workers=2, cpus_per_worker=1.0), cluster_cpus=2)
+
+
+def test_cluster_too_small_rejected():
+    with pytest.raises(ValueError, match="leaves none for training"):
+        plan_worker_resources(TrainConfig(num_workers=1), cluster_cpus=1)
+
+
+def test_large_cluster_caps_cpus_per_worker():
+    plan = plan_worker_resources(TrainConfig(num_workers=2), cluster_cpus=64)
+
+    assert plan.cpus_per_worker == 4.0
+    assert plan.free_cpus == 56
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="batch_size \\(1\\) is global and must be at least num_workers \\(2\\)"):
+        TrainConfig(num_workers=2, batch_size=1)
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        TrainConfig(cpus_per_worker=0)

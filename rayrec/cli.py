@@ -13,6 +13,7 @@ logger = logging.getLogger("rayrec.cli")
 
 DEFAULT_CONFIG = "configs/ml-100k.yaml"
 DEFAULT_SERVE_CONFIG = "serve_configs/ml-100k.yaml"
+QUICKSTART_USER = "1"  # a user present in ml-100k and in the test slices of it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +208,7 @@ def _quickstart(args) -> int:
 
     url = deploy(args.serve_config, bundle_path=str(output.bundle_dir), port=args.port)
     try:
-        request = {"user_id": "196", "k": 5}
+        request = {"user_id": QUICKSTART_USER, "k": 5}
         response = httpx.post(f"{url}/recommend", json=request, timeout=60)
         response.raise_for_status()
         print(f"POST {url}/recommend {json.dumps(request)}")

@@ -4,8 +4,6 @@ Deploy it with `serve run serve_configs/ml-100k.yaml` or `rayrec serve`. The ing
 validates each request, so only well-formed queries join a batch in the recommender.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 from pathlib import Path

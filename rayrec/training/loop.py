@@ -61,9 +61,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     per_worker_batch = config.batch_size // world_size
     k = config.eval_k
-    sequences = read_shard("train", ["item_ids"])["item_ids"]
+    sequences = training_windows(read_shard("train", ["item_ids"])["item_ids"], model_config.max_len)
     splits = {split: read_shard(split, ["history", "target"]) for split in ("valid", "test")}
-    logger.info("Rank %d shard: %d training sequences, %d validation users, %d test users", rank,
+    logger.info("Rank %d shard: %d training windows, %d validation users, %d test users", rank,
                 len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]))
     for epoch in range(state.next_epoch, config.max_epochs):
         start = time.perf_counter()
@@ -158,6 +158,21 @@ def _train_epoch(model, optimizer, config: TrainConfig, sequences: list[np.ndarr
 
     _all_reduce_sum(loss_sum)
     return float(loss_sum[0] / max(loss_sum[1], 1.0))
+
+
+def training_windows(sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Cut each training sequence into windows of up to max_len + 1 items, newest first.
+
+    Consecutive windows share one item, so every event after a user's first is a target
+    exactly once. Without this, events older than the last max_len would never be trained on.
+    """
+    windows = []
+    for sequence in sequences:
+        end = len(sequence)
+        while end > 1:
+            windows.append(sequence[max(0, end - max_len - 1):end])
+            end -= max_len
+    return windows
 
 
 def length_bucketed_batches(sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator,

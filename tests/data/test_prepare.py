@@ -22,8 +22,10 @@ def _write(path, rows):
     return path
 
 
-@pytest.fixture
-def hand_made_log(tmp_path):
+@pytest.fixture(scope="module")
+def hand_made(ray_local, tmp_path_factory):
+    """Prepare a small log with ties, nulls and short users once for the tests below."""
+    folder = tmp_path_factory.mktemp("hand_made")
     rows = [
         # user a: two events share timestamp 20; file order (z then b) must win over item id order.
         ("a", "x", 10), ("a", "z", 20), ("a", "b", 20), ("a", "y", 30),
@@ -35,58 +37,57 @@ def hand_made_log(tmp_path):
         ("e", "", 4),  # empty item id
         ("f", "y", 9_000_000_000_000),  # int64 timestamp beyond 32 bits, alone: too short
     ]
-    return _write(tmp_path / "log.parquet", rows)
+    log = _write(folder / "log.parquet", rows)
+    out = folder / "out"
+    stats = prepare(PrepareConfig(dataset=None, input_path=str(log), output_dir=str(out)), [str(log)])
+    return stats, out
 
 
-def test_prepare_accounts_for_every_row(ray_local, hand_made_log, tmp_path):
-    stats = prepare(PrepareConfig(dataset=None, input_path=str(hand_made_log), output_dir=str(tmp_path / "out")),
-                    [str(hand_made_log)])
+def test_prepare_accounts_for_every_row(hand_made):
+    stats, out = hand_made
 
     assert stats.rows_read == 14
     assert stats.dropped == {"null_id_or_timestamp": 4, "too_short_user": 3}
     assert stats.interactions == 7
     assert stats.rows_read == stats.interactions + sum(stats.dropped.values())
     assert stats.users == 2
-    saved = json.loads((tmp_path / "out" / "stats.json").read_text())
+    saved = json.loads((out / "stats.json").read_text())
     assert saved["rows_read"] == 14
 
 
-def test_prepare_orders_ties_by_input_position(ray_local, hand_made_log, tmp_path):
-    prepare(PrepareConfig(dataset=None, input_path=str(hand_made_log), output_dir=str(tmp_path / "out")),
-            [str(hand_made_log)])
-    vocab = pq.read_table(tmp_path / "out" / "vocab.parquet")
+def test_prepare_orders_ties_by_input_position(hand_made):
+    _, out = hand_made
+    vocab = pq.read_table(out / "vocab.parquet")
     item_of = dict(zip(vocab["item_index"].to_pylist(), vocab["item_id"].to_pylist()))
-    sequences = {row["user_id"]: row for row in pq.read_table(tmp_path / "out" / "sequences").to_pylist()}
+    sequences = {row["user_id"]: row for row in pq.read_table(out / "sequences").to_pylist()}
 
     assert [item_of[i] for i in sequences["a"]["item_ids"]] == ["x", "z", "b", "y"]
     assert sequences["a"]["timestamps"] == [10, 20, 20, 30]
 
 
-def test_prepare_vocabulary_is_sorted_and_starts_at_one(ray_local, hand_made_log, tmp_path):
-    prepare(PrepareConfig(dataset=None, input_path=str(hand_made_log), output_dir=str(tmp_path / "out")),
-            [str(hand_made_log)])
-    vocab = pq.read_table(tmp_path / "out" / "vocab.parquet")
+def test_prepare_vocabulary_is_sorted_and_starts_at_one(hand_made):
+    _, out = hand_made
+    vocab = pq.read_table(out / "vocab.parquet")
 
     assert vocab["item_id"].to_pylist() == ["b", "x", "y", "z"]
     assert vocab["item_index"].to_pylist() == [1, 2, 3, 4]
 
 
-def test_prepare_writes_leave_one_out_splits(ray_local, hand_made_log, tmp_path):
-    prepare(PrepareConfig(dataset=None, input_path=str(hand_made_log), output_dir=str(tmp_path / "out")),
-            [str(hand_made_log)])
-    out = tmp_path / "out"
+def test_prepare_writes_leave_one_out_splits(hand_made):
+    _, out = hand_made
     sequences = {row["user_id"]: row["item_ids"] for row in pq.read_table(out / "sequences").to_pylist()}
     train = {row["user_id"]: row["item_ids"] for row in pq.read_table(out / "train").to_pylist()}
     valid = {row["user_id"]: row for row in pq.read_table(out / "valid").to_pylist()}
     test = {row["user_id"]: row for row in pq.read_table(out / "test").to_pylist()}
 
+    assert set(sequences) == {"a", "b"}
     for user, items in sequences.items():
         assert train[user] == items[:-2]
         assert valid[user]["history"] == items[:-2]
         assert valid[user]["target"] == items[-2]
         assert test[user]["history"] == items[:-1]
         assert test[user]["target"] == items[-1]
-    assert pq.read_schema(out / "sequences" / next((out / "sequences").iterdir()).name).field("timestamps").type == pa.list_(pa.int64())
+    assert pq.read_table(out / "sequences").schema.field("timestamps").type == pa.list_(pa.int64())
 
 
 def test_prepare_same_output_for_one_or_many_files(ray_local, tmp_path):

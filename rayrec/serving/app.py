@@ -26,7 +26,7 @@ class AppArgs(BaseModel):
 
     bundle_path: str = Field(description="Bundle directory written by `rayrec train`; absolute, or relative to the working directory.")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest number of requests scored in one forward pass.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0, description="Longest wait for a batch to fill, in seconds.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0, description="Maximum wait for a batch to fill, in seconds.")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads per recommender replica.")
 
     @field_validator("bundle_path")

@@ -101,7 +101,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     }
     logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f", state.best_epoch,
                 k, final[f"test_ndcg@{k}"], k, final[f"test_hr@{k}"], k, final[f"test_mrr@{k}"])
-    # The final report carries a checkpoint too, so Ray Train's result holds these metrics.
+    # The final report carries a checkpoint too, so Ray Train's result contains these metrics.
     _report(final, module, optimizer, state, best_weights, rank)
 
 
@@ -180,7 +180,7 @@ def length_bucketed_batches(sequences: list[np.ndarray], batch_size: int, rng: n
     """Shuffle, then group sequences of similar length so batches carry little padding.
 
     Sorting happens only inside buckets of `batches_per_bucket` batches, and the batch order
-    is shuffled, so each epoch still sees the data in a random order.
+    is shuffled, so each epoch still visits the data in a random order.
     """
     order = rng.permutation(len(sequences))
     bucket = batch_size * batches_per_bucket
@@ -199,8 +199,8 @@ def _training_sequences(item_lists: list[np.ndarray], max_len: int) -> torch.Ten
 def read_shard(split: str, columns: list[str]) -> dict[str, list]:
     """Read this worker's whole shard of `split` from Ray Data into memory.
 
-    NOTE: shards are read once per run and kept in worker memory, which suits sequence data
-    up to a few million users per worker; larger data would need per-epoch streaming.
+    NOTE: shards are read once per run and kept in worker memory. That suits sequence data of
+    a few million users per worker, but larger data would need streaming every epoch.
     """
     rows: dict[str, list] = {column: [] for column in columns}
     shard = ray.train.get_dataset_shard(split)

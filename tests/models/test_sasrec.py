@@ -22,7 +22,8 @@ def test_forward_shapes():
 
     logits, loss = model(SequenceBatch(item_ids, targets))
     assert logits.shape == (5, NUM_ITEMS + 1)  # one row per real target
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.ndim == 0
+    assert torch.isfinite(loss)
 
     logits, loss = model(SequenceBatch(item_ids))
     assert logits.shape == (2, 4, NUM_ITEMS + 1)

@@ -64,3 +64,8 @@ def test_shipped_config_loads():
 
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "ml-100k.yaml")
     assert config.data.dataset == "ml-100k"
+
+
+def test_choice_key_lists_choices():
+    with pytest.raises(ConfigError, match="train: lr_schedule: invalid value 'linear'; choose one of constant, cosine"):
+        load_config(None, ["train.lr_schedule=linear"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -10,6 +11,8 @@ class TrainConfig:
     """Ray Train scaling, optimizer, early stopping and output locations.
 
     `batch_size` is global: each of the `num_workers` workers takes an equal part of it.
+    `lr_schedule: cosine` decays the learning rate to zero over `max_epochs`, after a linear
+    warmup of `warmup_steps` optimizer steps; `constant` only applies the warmup.
     `cpus_per_worker` unset means: share the cluster's CPUs between the workers but leave
     `data_cpus` free, so Ray Data can always read and feed the workers.
     """
@@ -20,6 +23,8 @@ class TrainConfig:
     data_cpus: float = 1.0
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0
     max_epochs: int = 200
@@ -43,5 +48,9 @@ class TrainConfig:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be positive.")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker ({self.cpus_per_worker}) must be positive, or unset for automatic sizing.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not be negative.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule ({self.lr_schedule!r}) must be constant or cosine.")
         if self.data_cpus < 0:
             raise ValueError(f"data_cpus ({self.data_cpus}) must not be negative.")

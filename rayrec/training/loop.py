@@ -8,6 +8,7 @@ every worker reloads the best weights and evaluates validation and test once mor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -54,21 +55,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     module = model.module if hasattr(model, "module") else model
     torch.manual_seed(config.seed + rank)  # dropout noise differs per rank
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
-    state, best_weights = _restore(module, optimizer)
-    if best_weights is None:
-        best_weights = _copy_weights(module)
-
     per_worker_batch = config.batch_size // world_size
     k = config.eval_k
     sequences = training_windows(read_shard("train", ["item_ids"])["item_ids"], model_config.max_len)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    steps_per_epoch = _max_over_workers(len(length_bucketed_batches(sequences, per_worker_batch, np.random.default_rng(0))))
+    scheduler = build_lr_scheduler(optimizer, config, total_steps=steps_per_epoch * config.max_epochs)
+    state, best_weights = _restore(module, optimizer, scheduler)
+    if best_weights is None:
+        best_weights = _copy_weights(module)
     splits = {split: read_shard(split, ["history", "target"]) for split in ("valid", "test")}
     logger.info("Rank %d shard: %d training windows, %d validation users, %d test users", rank,
                 len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]))
     for epoch in range(state.next_epoch, config.max_epochs):
         start = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, config, sequences, model_config.max_len, per_worker_batch,
-                                  epoch, device)
+        train_loss = _train_epoch(model, optimizer, scheduler, config, sequences, model_config.max_len,
+                                  per_worker_batch, epoch, device)
         valid = _evaluate(module, splits["valid"], k, prefix="valid_")
 
         ndcg = valid[f"valid_ndcg@{k}"]
@@ -86,7 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             epoch, train_loss, k, ndcg, k, valid[f"valid_hr@{k}"], k, valid[f"valid_mrr@{k}"],
             state.best_ndcg, state.best_epoch, metrics["epoch_time_s"],
         )
-        _report(metrics, module, optimizer, state, best_weights, rank)
+        _report(metrics, module, optimizer, scheduler, state, best_weights, rank)
         if state.epochs_without_improvement >= config.patience:
             logger.info("Stopping early: no validation NDCG@%d gain for %d epochs", k, config.patience)
             break
@@ -102,7 +105,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f", state.best_epoch,
                 k, final[f"test_ndcg@{k}"], k, final[f"test_hr@{k}"], k, final[f"test_mrr@{k}"])
     # The final report carries a checkpoint too, so Ray Train's result contains these metrics.
-    _report(final, module, optimizer, state, best_weights, rank)
+    _report(final, module, optimizer, scheduler, state, best_weights, rank)
 
 
 def _setup_worker(rank: int, torch_threads: int, seed: int) -> None:
@@ -115,7 +118,23 @@ def _setup_worker(rank: int, torch_threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train_epoch(model, optimizer, config: TrainConfig, sequences: list[np.ndarray], max_len: int,
+def build_lr_scheduler(optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over `warmup_steps`, then constant or cosine decay to zero at `total_steps`."""
+    warmup = config.warmup_steps
+    decay_steps = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / decay_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train_epoch(model, optimizer, scheduler, config: TrainConfig, sequences: list[np.ndarray], max_len: int,
                  batch_size: int, epoch: int, device) -> float:
     """Train one pass over this worker's sequences and return the mean loss over all workers."""
     model.train()
@@ -144,6 +163,7 @@ def _train_epoch(model, optimizer, config: TrainConfig, sequences: list[np.ndarr
         if config.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
         optimizer.step()
+        scheduler.step()
 
         if weight:
             loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
@@ -217,6 +237,13 @@ def _evaluate(module: SASRec, rows: dict[str, list], k: int, prefix: str) -> dic
     return metrics_from_sums(sums, k, prefix)
 
 
+def _max_over_workers(value: int) -> int:
+    tensor = torch.tensor([float(value)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def _any_worker_has_data(has_data: bool) -> bool:
     flag = torch.tensor([1.0 if has_data else 0.0])
     if dist.is_available() and dist.is_initialized():
@@ -233,7 +260,7 @@ def _copy_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
 
 
-def _report(metrics, module, optimizer, state: TrainState, best_weights, rank: int) -> None:
+def _report(metrics, module, optimizer, scheduler, state: TrainState, best_weights, rank: int) -> None:
     """Report epoch metrics; rank 0 attaches a checkpoint with everything a resume needs."""
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
@@ -242,6 +269,7 @@ def _report(metrics, module, optimizer, state: TrainState, best_weights, rank: i
                 "model": _copy_weights(module),
                 "best_model": best_weights,
                 "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "train_state": asdict(state),
                 "torch_rng": torch.get_rng_state(),
             }, Path(folder) / CHECKPOINT_FILE)
@@ -249,7 +277,7 @@ def _report(metrics, module, optimizer, state: TrainState, best_weights, rank: i
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _restore(module: torch.nn.Module, optimizer) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+def _restore(module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return TrainState(), None
@@ -258,6 +286,7 @@ def _restore(module: torch.nn.Module, optimizer) -> tuple[TrainState, dict[str, 
         saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     module.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     state = TrainState(**saved["train_state"])
     logger.info("Resumed from checkpoint at epoch %d (best epoch %d)", state.next_epoch, state.best_epoch)

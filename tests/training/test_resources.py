@@ -34,3 +34,8 @@ def test_train_config_validation():
         TrainConfig(num_workers=2, batch_size=1)
     with pytest.raises(ValueError, match="cpus_per_worker"):
         TrainConfig(cpus_per_worker=0)
+
+
+def test_lr_schedule_validation():
+    with pytest.raises(ValueError, match="warmup_steps \\(-1\\) must not be negative"):
+        TrainConfig(warmup_steps=-1)

@@ -54,7 +54,7 @@ def test_checkpoints_in_absolute_storage_path(trained):
     assert run_dir.startswith(str(trained["root"]))
     assert checkpoints, "every epoch writes a checkpoint with state.pt"
     saved = torch.load(checkpoints[-1], weights_only=True)
-    assert set(saved) == {"model", "best_model", "optimizer", "train_state", "torch_rng"}
+    assert set(saved) == {"model", "best_model", "optimizer", "scheduler", "train_state", "torch_rng"}
 
 
 def test_workers_that_would_starve_ray_data_fail_fast(ray_local, trained, tmp_path):

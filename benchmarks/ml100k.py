@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ray
 
+from rayrec.cli import dataset_label
 from rayrec.config import load_config
 from rayrec.data.prepare import prepare_from_config
 from rayrec.training.trainer import train
@@ -36,7 +37,7 @@ def main() -> None:
     prepare_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    output = train(config.data.output_dir, config.model, config.train, config.data.dataset or "custom")
+    output = train(config.data.output_dir, config.model, config.train, dataset_label(config))
     train_s = time.perf_counter() - start
 
     record = {

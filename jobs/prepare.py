@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python jobs/prepare.py --config configs/ml-100k.yaml \
         data.output_dir=/shared/rayrec/ml-100k/prepared
 
-Runs unchanged as a local script. Use absolute paths (or URIs) on a cluster: a job starts
+Runs unchanged as a local script. Use absolute paths on a cluster: a job starts
 in a temporary copy of the working directory, which is deleted afterwards.
 """
 

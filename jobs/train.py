@@ -5,7 +5,7 @@
         train.bundle_dir=/shared/rayrec/bundle
 
 Add --skip-prepare to reuse a prepared directory. Runs unchanged as a local script. Use
-absolute paths (or URIs) on a cluster: a job starts in a temporary copy of the working
+absolute paths on a cluster: a job starts in a temporary copy of the working
 directory, which is deleted afterwards.
 """
 

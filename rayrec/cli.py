@@ -95,6 +95,7 @@ def _load_run_config(args):
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
+    logger.info("Using run config %s", path or "built-in defaults (no --config, no ./configs/ml-100k.yaml)")
     return load_config(path, args.overrides)
 
 
@@ -137,11 +138,18 @@ def run_train(config):
     from rayrec.training.trainer import train
 
     init_ray()
-    output = train(config.data.output_dir, config.model, config.train, config.data.dataset or "custom")
+    output = train(config.data.output_dir, config.model, config.train, dataset_label(config))
     config.save(output.bundle_dir / "config.yaml")
     print(json.dumps(output.metrics, indent=2))
     print(f"Bundle written to {output.bundle_dir} (checkpoints in {output.run_dir}); training took {output.wall_time_s:.1f} s")
     return output
+
+
+def dataset_label(config) -> str:
+    """Name recorded in the bundle: the fetched dataset, or the input file or folder name."""
+    if config.data.input_path is not None:
+        return Path(config.data.input_path).stem or "custom"
+    return config.data.dataset
 
 
 def _prepare(args) -> int:
@@ -201,6 +209,8 @@ def _quickstart(args) -> int:
     from rayrec.training.evaluate import evaluate_bundle
 
     config = _load_run_config(args)
+    if not Path(args.serve_config).exists():
+        raise FileNotFoundError(f"Serve config not found: {args.serve_config}. Run from the repository root or pass --serve-config.")
     run_prepare(config)
     output = run_train(config)
     metrics = evaluate_bundle(output.bundle_dir, config.data.output_dir, "test", config.train.eval_k)

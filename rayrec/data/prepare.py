@@ -75,6 +75,7 @@ def prepare(config: PrepareConfig, input_files: list[str]) -> PrepareStats:
     start = time.perf_counter()
     output_dir = Path(config.output_dir)
     if output_dir.exists():
+        logger.warning("Replacing the existing output directory %s", output_dir)
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
     logger.info("Preparing %d input file(s) into %s", len(input_files), output_dir)
@@ -98,7 +99,7 @@ def prepare(config: PrepareConfig, input_files: list[str]) -> PrepareStats:
     kept = sequences.map_batches(
         lambda batch: batch.filter(pc.greater_equal(batch["length"], min_length)), batch_format="pyarrow"
     ).materialize()
-    dropped["too_short_user"] = int(sequences.sum("length") or 0) - int(kept.sum("length") or 0)
+    dropped["too_short_user_rows"] = int(sequences.sum("length") or 0) - int(kept.sum("length") or 0)
 
     kept = kept.sort("user_id").repartition(partitions).materialize()
     splits = _write_splits(kept, output_dir)

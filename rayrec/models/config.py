@@ -9,11 +9,11 @@ from dataclasses import dataclass
 class ModelConfig:
     """SASRec architecture. The catalog size comes from the prepared vocabulary."""
 
-    max_len: int = 200
-    hidden_size: int = 64
+    max_len: int = 50
+    hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_len", "hidden_size", "num_layers", "num_heads"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 MAX_K = 1000
 MAX_HISTORY_ITEMS = 10_000
@@ -21,8 +21,8 @@ class RecommendRequest(BaseModel):
         None, max_length=MAX_HISTORY_ITEMS,
         description="Raw item ids, oldest first. Takes precedence over the stored history of `user_id`.",
     )
-    k: int = Field(10, ge=1, le=MAX_K, description=f"Number of items to return, 1 to {MAX_K}.")
-    exclude_seen: bool = Field(True, description="Leave items of the history out of the results.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description=f"Number of items to return, 1 to {MAX_K}.")
+    exclude_seen: StrictBool = Field(True, description="Leave items of the history out of the results.")
 
     @field_validator("user_id")
     @classmethod

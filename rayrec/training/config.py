@@ -21,14 +21,14 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     data_cpus: float = 1.0
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
+    batch_size: int = 32
+    lr: float = 2e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0
-    max_epochs: int = 200
-    patience: int = 10
+    max_epochs: int = 40
+    patience: int = 15
     eval_k: int = 10
     seed: int = 42
     log_every_n_steps: int = 50
@@ -52,5 +52,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must not be negative.")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule ({self.lr_schedule!r}) must be constant or cosine.")
-        if self.data_cpus < 0:
-            raise ValueError(f"data_cpus ({self.data_cpus}) must not be negative.")
+        if self.data_cpus <= 0:
+            raise ValueError(
+                f"data_cpus ({self.data_cpus}) must be positive: with no CPU kept free, training workers can "
+                "take every CPU and Ray Data can no longer feed them."
+            )

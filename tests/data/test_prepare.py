@@ -47,7 +47,7 @@ def test_prepare_accounts_for_every_row(hand_made):
     stats, out = hand_made
 
     assert stats.rows_read == 14
-    assert stats.dropped == {"null_id_or_timestamp": 4, "too_short_user": 3}
+    assert stats.dropped == {"null_id_or_timestamp": 4, "too_short_user_rows": 3}
     assert stats.interactions == 7
     assert stats.rows_read == stats.interactions + sum(stats.dropped.values())
     assert stats.users == 2

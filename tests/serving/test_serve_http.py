@@ -112,6 +112,8 @@ def test_unknown_history_items_reported(server):
     ({"user_id": "1", "k": 0}, "k"),
     ({"user_id": "1", "k": 1001}, "k"),
     ({"user_id": "1", "k": "ten"}, "k"),
+    ({"user_id": "1", "k": "5"}, "k"),
+    ({"user_id": "1", "exclude_seen": "yes"}, "exclude_seen"),
     ({"user_id": ["1"]}, "user_id"),
     ({"history": [1.5]}, "history"),
     ({"history": [True]}, "history"),

@@ -34,6 +34,8 @@ def test_train_config_validation():
         TrainConfig(num_workers=2, batch_size=1)
     with pytest.raises(ValueError, match="cpus_per_worker"):
         TrainConfig(cpus_per_worker=0)
+    with pytest.raises(ValueError, match="data_cpus \\(0.0\\) must be positive"):
+        TrainConfig(data_cpus=0.0)
 
 
 def test_lr_schedule_validation():

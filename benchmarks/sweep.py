@@ -5,9 +5,10 @@
 It uses the model, batching and metric code of the Ray training loop, in one process with
 2 torch threads, so a setting can be tried in a few minutes. Each epoch prints validation
 NDCG@10 and the test NDCG@10 of the best validation epoch so far; the last line sums up.
-Keys: bs, lr, epochs, max_len, d (hidden size), layers, heads, dropout, wd (weight decay),
-windows (1: cut long sequences into windows), cos (1: cosine decay), peruser (1: average
-the loss per user), seed.
+Keys: bs, lr, epochs, max_len, d (hidden size), layers, heads, dropout, wd (weight decay)
+and seed. Switches: windows=1 cuts long sequences into windows, cos=1 decays the learning
+rate on a cosine, and peruser=1 averages the loss per user. ema=DECAY scores an exponential
+moving average of the weights in place of the weights (0, the default, turns it off).
 """
 
 import argparse
@@ -55,6 +56,9 @@ def main() -> None:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps + 10,
                                                         pct_start=0.05, anneal_strategy="cos")
 
+    ema_decay = float(settings.get("ema", 0.0))
+    averaged = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     best, start = (0.0, -1, 0.0), time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -67,10 +71,13 @@ def main() -> None:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
 
-        valid = _ndcg(model, splits["valid"])
+        scored = averaged.module if averaged is not None else model
+        valid = _ndcg(scored, splits["valid"])
         if valid > best[0]:
-            best = (valid, epoch, _ndcg(model, splits["test"]))
+            best = (valid, epoch, _ndcg(scored, splits["test"]))
         print(f"epoch {epoch} valid NDCG@10 {valid:.4f} | best valid {best[0]:.4f} at epoch {best[1]}, "
               f"test {best[2]:.4f} | {time.perf_counter() - start:.0f} s", flush=True)
     print(f"FINAL {settings} best valid NDCG@10 {best[0]:.4f} epoch {best[1]} test NDCG@10 {best[2]:.4f}")

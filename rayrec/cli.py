@@ -100,7 +100,8 @@ def _load_run_config(args):
 
 
 def init_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS (set for submitted jobs), or start a local Ray."""
+    """Connect to the cluster in RAY_ADDRESS (set for submitted jobs); without it, `ray.init`
+    joins a cluster started on this machine with `ray start`, or starts a local Ray."""
     import ray
 
     if not ray.is_initialized():

@@ -68,6 +68,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     splits = {split: read_shard(split, ["history", "target"]) for split in ("valid", "test")}
     logger.info("Rank %d shard: %d training windows, %d validation users, %d test users", rank,
                 len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]))
+
     for epoch in range(state.next_epoch, config.max_epochs):
         start = time.perf_counter()
         train_loss = _train_epoch(model, optimizer, scheduler, config, sequences, model_config.max_len,

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -95,7 +95,8 @@ class Ingress:
     async def healthz(self) -> dict:
         healthy = await self.recommender.healthz.remote()
         if not healthy:
-            raise RuntimeError("the model returned non-finite scores")
+            logger.error("Health check failed: the model returned non-finite scores")
+            raise HTTPException(status_code=503, detail="the model returned non-finite scores")
         return {"status": "ok"}
 
     @api.get("/model")

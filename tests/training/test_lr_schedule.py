@@ -17,7 +17,7 @@ def _lrs(config: TrainConfig, total_steps: int) -> list[float]:
 
 
 def test_warmup_then_constant():
-    values = _lrs(TrainConfig(lr=1.0, warmup_steps=4), total_steps=8)
+    values = _lrs(TrainConfig(lr=1.0, lr_schedule="constant", warmup_steps=4), total_steps=8)
 
     assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert values[4:] == pytest.approx([1.0] * 4)

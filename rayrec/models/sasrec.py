@@ -50,7 +50,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
         v = v.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
 
-        # Right padding makes the causal mask enough: a real position never sees a later padding one.
+        # Right padding makes the causal mask enough, because padding only follows real positions.
         # No dropout on attention weights: it forces the slow unfused kernel and costs a (B, nh, T, T) mask.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)

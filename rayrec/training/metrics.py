@@ -1,6 +1,6 @@
 """Full-ranking metrics from exact counts.
 
-Each worker sums per-user values; the sums are all-reduced and divided once by the total
+Each worker sums per-user values. The sums are all-reduced and divided once by the total
 number of users, so the result is exact and not a mean of per-worker means.
 """
 

@@ -40,8 +40,8 @@ class TrainOutput:
 class UnevenShardDataConfig(ray.train.DataConfig):
     """Give every worker a shard of each split without dropping rows.
 
-    Ray Train's default split makes shards equal by dropping up to num_workers - 1 rows;
-    evaluation must see every user, and the training loop handles unequal shards itself.
+    Ray Train's default split makes shards equal by dropping up to num_workers - 1 rows.
+    Evaluation must score every user, and the training loop handles unequal shards itself.
     """
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):

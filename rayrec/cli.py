@@ -176,6 +176,11 @@ def _evaluate(args) -> int:
 def _serve(args) -> int:
     from rayrec.serving.deploy import deploy, wait_forever
 
+    # Check the cheap things before Ray starts, so a typo fails in a second, not after Serve is up.
+    if not Path(args.config).exists():
+        raise FileNotFoundError(f"Serve config not found: {args.config}. Run from the repository root or pass --config.")
+    if args.bundle is not None and not (Path(args.bundle).expanduser() / "bundle.json").exists():
+        raise FileNotFoundError(f"No rayrec bundle at {args.bundle}; train one with `rayrec train` or fix --bundle.")
     init_ray()
     url = deploy(args.config, bundle_path=args.bundle, port=args.port)
     print(f"Serving at {url} (POST /recommend, GET /healthz, GET /model, docs at /docs). Press Ctrl+C to stop.")

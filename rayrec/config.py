@@ -62,6 +62,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     for override in overrides or []:
         _apply_override(raw, override)
+    if overrides:
+        source = f"{source} with command-line overrides"
 
     return from_dict(RunConfig, raw, source)
 

@@ -40,7 +40,7 @@ def test_datasets_list(capsys):
 def test_bad_override_is_a_clean_error(capsys):
     assert main(["prepare", "--config", str(REPO / "configs" / "ml-100k.yaml"), "train.num_workers=two"]) == 2
     err = capsys.readouterr().err
-    assert "train: num_workers: expected int" in err
+    assert "with command-line overrides: train: num_workers: expected int" in err
     assert "Traceback" not in err
 
 
@@ -120,3 +120,15 @@ def test_quickstart_end_to_end(ml100k_slice, tmp_path):
     assert "Offline evaluation of the bundle" in result.stdout
     assert '"model_version"' in result.stdout
     assert (out / "bundle" / "config.yaml").exists()
+
+
+def test_evaluate_rejects_nonpositive_k(trained, capsys):
+    assert main(["evaluate", "--bundle", str(trained["output"].bundle_dir), "--prepared", str(trained["prepared"]),
+                 "-k", "0"]) == 2
+    assert "k (0) must be at least 1" in capsys.readouterr().err
+
+
+def test_serve_with_missing_bundle_fails_before_ray(tmp_path, capsys):
+    config = REPO / "serve_configs" / "ml-100k.yaml"
+    assert main(["serve", "--config", str(config), "--bundle", str(tmp_path / "nope")]) == 2
+    assert "No rayrec bundle at" in capsys.readouterr().err

@@ -24,6 +24,8 @@ def evaluate_bundle(bundle_dir: str | Path, prepared_dir: str | Path, split: str
     """Return HR, NDCG and MRR at k of the bundle's model on `split` (valid or test)."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, got {split!r}.")
+    if k < 1:
+        raise ValueError(f"k ({k}) must be at least 1.")
     split_dir = Path(prepared_dir) / split
     if not split_dir.exists():
         raise FileNotFoundError(f"{split_dir} not found; run `rayrec prepare` first.")

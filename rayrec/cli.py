@@ -100,8 +100,11 @@ def _load_run_config(args):
 
 
 def init_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS (set for submitted jobs); without it, `ray.init`
-    joins a cluster started on this machine with `ray start`, or starts a local Ray."""
+    """Connect to the cluster in RAY_ADDRESS, which `ray job submit` sets for its jobs.
+
+    Without RAY_ADDRESS, `ray.init` joins a cluster started here with `ray start`, or
+    starts a local Ray.
+    """
     import ray
 
     if not ray.is_initialized():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class PrepareConfig:
-    """Where the interactions come from and where the prepared splits go.
+    """Input and output locations of preprocessing.
 
     The input is Parquet with the columns `user_id`, `item_id` and `timestamp` (int64
     seconds). Ids are read as strings. Set either `dataset` (a name from

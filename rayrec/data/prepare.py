@@ -88,6 +88,7 @@ def prepare(config: PrepareConfig, input_files: list[str]) -> PrepareStats:
     dropped = {"null_id_or_timestamp": rows_read - valid_events.count()}
 
     partitions = _shuffle_partitions(rows_read)
+    # NOTE: the vocabulary also contains items seen only by users dropped as too short below.
     vocab = _build_vocab(valid_events, partitions)
     pq.write_table(vocab, output_dir / "vocab.parquet")
     item_index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist()))
@@ -96,15 +97,15 @@ def prepare(config: PrepareConfig, input_files: list[str]) -> PrepareStats:
         _build_user_sequence, batch_format="pyarrow", fn_kwargs={"item_index": item_index}
     ).materialize()
     min_length = config.min_sequence_length
-    kept = sequences.map_batches(
+    long_enough = sequences.map_batches(
         lambda batch: batch.filter(pc.greater_equal(batch["length"], min_length)), batch_format="pyarrow"
     ).materialize()
-    dropped["too_short_user_rows"] = int(sequences.sum("length") or 0) - int(kept.sum("length") or 0)
+    dropped["too_short_user_rows"] = int(sequences.sum("length") or 0) - int(long_enough.sum("length") or 0)
 
-    kept = kept.sort("user_id").repartition(partitions).materialize()
-    splits = _write_splits(kept, output_dir)
+    long_enough = long_enough.sort("user_id").repartition(partitions).materialize()
+    splits = _write_splits(long_enough, output_dir)
 
-    lengths = np.array([row["length"] for row in kept.select_columns(["length"]).take_all()], dtype=np.int64)
+    lengths = np.array([row["length"] for row in long_enough.select_columns(["length"]).take_all()], dtype=np.int64)
     stats = PrepareStats(
         rows_read=rows_read,
         rows_read_per_file=rows_read_per_file,

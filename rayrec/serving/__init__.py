@@ -1,1 +1,1 @@
-"""Serving stage: a Ray Serve application that loads a bundle and answers HTTP requests."""
+"""Serving stage: a Ray Serve application that loads a bundle and serves HTTP requests."""

@@ -79,7 +79,7 @@ def test_submitted_training_job_writes_bundle(head_node, ml100k_slice, tmp_path)
     deadline = time.monotonic() + 120
     while True:
         result = _ray(*command, env=head_node["env"], timeout=900, check=False)
-        # The head answers `job list` a little before its job agent accepts submissions.
+        # The head serves `job list` a little before its job agent accepts submissions.
         if "No available agent" not in result.stderr or time.monotonic() > deadline:
             break
         time.sleep(3)

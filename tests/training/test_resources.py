@@ -4,7 +4,7 @@ from rayrec.training.config import TrainConfig
 from rayrec.training.resources import plan_worker_resources
 
 
-def test_two_workers_on_two_cpus_leave_one_for_data():
+def test_two_cpus_keep_one_for_data():
     plan = plan_worker_resources(TrainConfig(num_workers=2), cluster_cpus=2)
 
     assert plan.cpus_per_worker == 0.5

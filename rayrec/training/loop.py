@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class TrainState:
     best_ndcg: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
+    # One entry per finished epoch (train_loss, validation metrics, train_time_s, epoch_time_s) for reports.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -73,6 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start = time.perf_counter()
         train_loss = _train_epoch(model, optimizer, scheduler, config, sequences, model_config.max_len,
                                   per_worker_batch, epoch, device)
+        train_time_s = time.perf_counter() - start
         valid = _evaluate(module, splits["valid"], k, prefix="valid_")
 
         ndcg = valid[f"valid_ndcg@{k}"]
@@ -85,6 +88,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         metrics = {"epoch": epoch, "train_loss": train_loss, **valid, "best_epoch": state.best_epoch,
                    f"best_valid_ndcg@{k}": state.best_ndcg, "epoch_time_s": time.perf_counter() - start}
+        state.history.append({"epoch": epoch, "train_loss": train_loss, **valid, "train_time_s": train_time_s,
+                              "epoch_time_s": metrics["epoch_time_s"]})
         logger.info(
             "epoch %d | loss %.4f | valid NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f | best %.4f (epoch %d) | %.1f s",
             epoch, train_loss, k, ndcg, k, valid[f"valid_hr@{k}"], k, valid[f"valid_mrr@{k}"],
@@ -299,3 +304,10 @@ def load_best_weights(checkpoint: ray.train.Checkpoint) -> dict[str, torch.Tenso
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     return saved["best_model"]
+
+
+def load_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
+    """Read the per-epoch metrics (`TrainState.history`) from a checkpoint written by this loop."""
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return saved["train_state"].get("history", [])

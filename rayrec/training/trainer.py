@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 from rayrec.models.bundle import write_bundle
 from rayrec.models.config import ModelConfig
 from rayrec.training.config import TrainConfig
-from rayrec.training.loop import load_best_weights, train_loop_per_worker
+from rayrec.training.loop import load_best_weights, load_history, train_loop_per_worker
 from rayrec.training.resources import plan_worker_resources
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class TrainOutput:
     metrics: dict[str, Any]
     run_dir: str
     wall_time_s: float
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics, oldest first
+    stage_times_s: dict[str, float] = field(default_factory=dict)  # "ray_train_fit", "export_bundle"
 
 
 class UnevenShardDataConfig(ray.train.DataConfig):
@@ -101,19 +103,25 @@ def train(
         datasets={split: _read_split(prepared_dir, split, config.num_workers) for split in SPLITS},
         dataset_config=UnevenShardDataConfig(),
     )
+    fit_start = time.perf_counter()
     result = trainer.fit()
+    fit_s = time.perf_counter() - fit_start
     if result.error is not None:
         raise RuntimeError(f"Training run {run_name} failed: {result.error}") from result.error
 
     metrics = {key: value for key, value in result.metrics.items() if key.startswith(("valid_", "test_"))}
     metrics.update(best_epoch=result.metrics["best_epoch"], epochs_trained=result.metrics["epochs_trained"])
+    export_start = time.perf_counter()
     bundle_dir = export_bundle(
         prepared_dir, Path(config.bundle_dir), load_best_weights(result.checkpoint), model_config,
         num_items, metrics, dataset_name,
     )
+    export_s = time.perf_counter() - export_start
     wall_time_s = time.perf_counter() - start
     logger.info("Training finished in %.1f s; bundle at %s", wall_time_s, bundle_dir)
-    return TrainOutput(bundle_dir=bundle_dir, metrics=metrics, run_dir=f"{storage_path}/{run_name}", wall_time_s=wall_time_s)
+    return TrainOutput(bundle_dir=bundle_dir, metrics=metrics, run_dir=f"{storage_path}/{run_name}", wall_time_s=wall_time_s,
+                       history=load_history(result.checkpoint),
+                       stage_times_s={"ray_train_fit": fit_s, "export_bundle": export_s})
 
 
 def export_bundle(prepared_dir: Path, bundle_dir: Path, state_dict, model_config: ModelConfig, num_items: int,

@@ -69,3 +69,55 @@ def test_shipped_config_loads():
 def test_choice_key_lists_choices():
     with pytest.raises(ConfigError, match="train: lr_schedule: invalid value 'linear'; choose one of constant, cosine"):
         load_config(None, ["train.lr_schedule=linear"])
+
+
+def test_nested_override_sets_column():
+    config = load_config(None, ["data.dataset=null", "data.input_path=events.csv", "data.columns.user=uid"])
+
+    assert config.data.columns.user == "uid"
+    assert config.data.columns.item == "item_id"
+
+
+def test_nested_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) login in ColumnMapping. Valid keys: event_type, item, rating"):
+        load_config(None, ["data.columns.login=uid"])
+
+
+def test_override_into_scalar_rejected(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 0.1\n")
+
+    with pytest.raises(ConfigError, match="train.lr is not a section"):
+        load_config(path, ["train.lr.value=1"])
+    with pytest.raises(ConfigError, match="train: lr: expected float"):
+        load_config(None, ["train.lr.value=1"])
+
+
+def test_override_invalid_yaml_value():
+    with pytest.raises(ConfigError, match="the value is not valid YAML"):
+        load_config(None, ["train.run_name=[unclosed"])
+
+
+def test_override_fills_empty_section(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\nmodel:\n  dropout: 0.1\n")
+
+    config = load_config(path, ["train.max_epochs=7"])
+
+    assert config.train.max_epochs == 7
+    assert config.model.dropout == 0.1
+
+
+def test_saved_config_loads_back(tmp_path):
+    config = load_config(None, ["train.max_epochs=7", "data.columns.user=uid", "train.lr_schedule=constant"])
+    config.save(tmp_path / "out" / "config.yaml")
+
+    assert load_config(tmp_path / "out" / "config.yaml").to_dict() == config.to_dict()
+
+
+def test_section_must_be_mapping(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: 5\n")
+
+    with pytest.raises(ConfigError, match="train: expected a mapping for TrainConfig, got int"):
+        load_config(path)

@@ -1,4 +1,4 @@
-"""The `rayrec` command line: fetch data, prepare, train, evaluate, serve and recommend."""
+"""The `rayrec` command line: fetch data, prepare, train, evaluate, serve, recommend, benchmark and check."""
 
 from __future__ import annotations
 
@@ -47,14 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="Train SASRec with Ray Train and write a model bundle.")
     _add_config_arguments(train)
-    train.add_argument("--skip-prepare", action="store_true", help="Reuse data.output_dir instead of preparing it again.")
+    train.add_argument("--skip-prepare", action="store_true",
+                       help="Reuse data.output_dir instead of preparing it again (default: off, prepare first).")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="Full-ranking HR, NDCG and MRR of a bundle on a prepared split.")
-    evaluate.add_argument("--bundle", required=True, help="Bundle directory written by `rayrec train`.")
-    evaluate.add_argument("--prepared", required=True, help="Prepared data directory written by `rayrec prepare`.")
+    evaluate.add_argument("--bundle", required=True, help="Bundle directory written by `rayrec train` (required).")
+    evaluate.add_argument("--prepared", required=True,
+                          help="Prepared data directory written by `rayrec prepare` (required).")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"], help="Split to evaluate (default: test).")
-    evaluate.add_argument("-k", type=int, default=10, help="Cutoff for the metrics (default: 10).")
+    evaluate.add_argument("-k", type=int, default=10, help="Cutoff for the metrics, in items (default: 10).")
     evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser("serve", help="Deploy a bundle with Ray Serve and block until interrupted.")
@@ -64,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     recommend = commands.add_parser("recommend", help="Top-k items for a user or a history, without a server.")
-    recommend.add_argument("--bundle", required=True, help="Bundle directory written by `rayrec train`.")
-    recommend.add_argument("--user-id", help="User whose stored history is used.")
-    recommend.add_argument("--history", nargs="+", help="Raw item ids, oldest first.")
-    recommend.add_argument("-k", type=int, default=10, help="Number of items (default: 10).")
-    recommend.add_argument("--include-seen", action="store_true", help="Allow items from the history in the results.")
+    recommend.add_argument("--bundle", required=True, help="Bundle directory written by `rayrec train` (required).")
+    recommend.add_argument("--user-id", help="User whose stored history is used (default: none).")
+    recommend.add_argument("--history", nargs="+",
+                           help="Raw item ids, oldest first; used instead of the stored history (default: none).")
+    recommend.add_argument("-k", type=int, default=10, help="Number of items to return (default: 10).")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="Allow items from the history in the results (default: off, they are left out).")
     recommend.set_defaults(handler=_recommend)
 
     quickstart = commands.add_parser(
@@ -79,14 +83,48 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--serve-config", default=DEFAULT_SERVE_CONFIG, help=f"Serve config YAML (default: {DEFAULT_SERVE_CONFIG}).")
     quickstart.add_argument("--port", type=int, default=8000, help="HTTP port for the demo deployment (default: 8000).")
     quickstart.set_defaults(handler=_quickstart)
+
+    _add_bench_parser(commands)
+    _add_doctor_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands) -> None:
+    # `bench` has subcommands so that other measurements (a serving load test) can join `train`.
+    bench = commands.add_parser("bench", help="Measure rayrec's speed on this machine.")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+
+    bench_train = bench_commands.add_parser(
+        "train", help="Training throughput (sequences per second, seconds per epoch) for 1 and 2 workers, and their ratio.")
+    _add_config_arguments(bench_train)
+    bench_train.add_argument("--epochs", type=int, default=2,
+                             help="Epochs per worker count; the first is left out of the means when there are more "
+                                  "(default: 2).")
+    bench_train.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                             help="Worker counts to measure; speed-ups are relative to the first (default: 1 2).")
+    bench_train.add_argument("--work-dir", default="outputs/bench/train",
+                             help="Folder for the runs' checkpoints and bundles (default: outputs/bench/train).")
+    bench_train.add_argument("--output", help="Also write the records as JSON to this file (default: none).")
+    bench_train.set_defaults(handler=_bench_train)
+
+
+def _add_doctor_parser(commands) -> None:
+    doctor = commands.add_parser(
+        "doctor", help="Check Python, Ray, torch, CPUs, GPUs, memory, disk and a run config's Ray resources; "
+                       "starts no Ray and contacts no host.")
+    _add_config_arguments(doctor)
+    doctor.add_argument("--cpus", type=float,
+                        help="CPUs of the Ray cluster the run goes to (default: this machine's usable CPUs).")
+    doctor.add_argument("--gpus", type=int,
+                        help="GPUs of the Ray cluster the run goes to (default: the CUDA GPUs torch sees here).")
+    doctor.set_defaults(handler=_doctor)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help=f"Run config YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults).")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="Config overrides, for example train.max_epochs=5 model.dropout=0.3.")
+                        help="Config overrides, for example train.max_epochs=5 model.dropout=0.3 (default: none).")
 
 
 def _load_run_config(args):
@@ -138,14 +176,17 @@ def run_prepare(config):
     return stats
 
 
-def run_train(config):
+def run_train(config, prepare_time_s: float | None = None):
+    from rayrec.training.report import write_run_report
     from rayrec.training.trainer import train
 
     init_ray()
     output = train(config.data.output_dir, config.model, config.train, dataset_label(config))
     config.save(output.bundle_dir / "config.yaml")
+    report = write_run_report(config.to_dict(), output, prepare_time_s)
     print(json.dumps(output.metrics, indent=2))
     print(f"Bundle written to {output.bundle_dir} (checkpoints in {output.run_dir}); training took {output.wall_time_s:.1f} s")
+    print(f"Report: {report}")
     return output
 
 
@@ -163,9 +204,10 @@ def _prepare(args) -> int:
 
 def _train(args) -> int:
     config = _load_run_config(args)
+    prepare_time_s = None
     if not args.skip_prepare:
-        run_prepare(config)
-    run_train(config)
+        prepare_time_s = run_prepare(config).wall_time_s
+    run_train(config, prepare_time_s)
     return 0
 
 
@@ -220,8 +262,8 @@ def _quickstart(args) -> int:
     config = _load_run_config(args)
     if not Path(args.serve_config).exists():
         raise FileNotFoundError(f"Serve config not found: {args.serve_config}. Run from the repository root or pass --serve-config.")
-    run_prepare(config)
-    output = run_train(config)
+    stats = run_prepare(config)
+    output = run_train(config, stats.wall_time_s)
     metrics = evaluate_bundle(output.bundle_dir, config.data.output_dir, "test", config.train.eval_k)
     print("Offline evaluation of the bundle:", json.dumps(metrics))
 
@@ -235,6 +277,38 @@ def _quickstart(args) -> int:
     finally:
         shutdown()
     return 0
+
+
+def _bench_train(args) -> int:
+    from rayrec.training.throughput import format_throughput, measure_training_throughput
+
+    if args.epochs < 1 or any(workers < 1 for workers in args.workers):
+        raise ValueError(f"--epochs ({args.epochs}) and --workers ({args.workers}) must be at least 1.")
+    config = _load_run_config(args)
+    init_ray()
+    records = measure_training_throughput(config.data.output_dir, config.model, config.train, args.work_dir,
+                                          tuple(args.workers), args.epochs)
+    print(format_throughput(records))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def _doctor(args) -> int:
+    from rayrec.config import ConfigError
+    from rayrec.doctor import Check, format_checks, run_checks
+
+    try:
+        config, config_check = _load_run_config(args), None
+    except ConfigError as err:
+        config, config_check = None, Check("config", "fail", str(err), "Fix the key named above; see docs/configuration.md.")
+    checks = run_checks(config, args.cpus, args.gpus)
+    if config_check is None:
+        config_check = Check("config", "ok", f"{args.config or 'defaults'} loads and validates")
+    checks.append(config_check)
+    print(format_checks(checks))
+    return 1 if any(check.status == "fail" for check in checks) else 0
 
 
 if __name__ == "__main__":

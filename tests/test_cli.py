@@ -132,3 +132,106 @@ def test_serve_with_missing_bundle_fails_before_ray(tmp_path, capsys):
     config = REPO / "serve_configs" / "ml-100k.yaml"
     assert main(["serve", "--config", str(config), "--bundle", str(tmp_path / "nope")]) == 2
     assert "No rayrec bundle at" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_ray_no_network(monkeypatch):
+    """Make starting Ray or opening any connection fail the test."""
+    import socket
+
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("doctor must not start Ray or connect anywhere")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def test_doctor_passes_shipped_config(no_ray_no_network, capsys):
+    assert main(["doctor", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--cpus", "8"]) == 0
+    out = capsys.readouterr().out
+
+    assert "OK    python: Python 3." in out
+    assert "OK    torch: torch 2." in out
+    assert "OK    train resources: 2 workers x 3.5 CPUs, 4 torch threads each; 1 of 8 CPUs left for Ray Data" in out
+    assert "memory:" in out and "disk train.bundle_dir:" in out
+    assert "0 failed" in out
+
+
+def test_doctor_reports_too_few_cpus(no_ray_no_network, capsys):
+    assert main(["doctor", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--cpus", "1"]) == 1
+    out = capsys.readouterr().out
+
+    assert "FAIL  train resources: on 1 CPUs: The cluster has 1 CPUs" in out
+    assert "fix: Change the config, or pass the real cluster size with --cpus." in out
+
+
+def test_doctor_reports_missing_gpus_and_input(no_ray_no_network, tmp_path, capsys):
+    assert main(["doctor", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--cpus", "8", "--gpus", "1",
+                 "train.use_gpu=true", "data.dataset=null", f"data.input_path={tmp_path}/missing/*.csv"]) == 1
+    out = capsys.readouterr().out
+
+    assert "FAIL  train gpus: train.use_gpu=true asks for 2 GPUs, 1 available" in out
+    assert f"FAIL  input data: data.input_path {tmp_path}/missing/*.csv matches no file" in out
+
+
+def test_doctor_reports_bad_config(no_ray_no_network, capsys):
+    assert main(["doctor", "--config", str(REPO / "configs" / "ml-100k.yaml"), "train.epochs=3"]) == 1
+    out = capsys.readouterr().out
+
+    assert "FAIL  config: " in out
+    assert "unknown key(s) epochs in TrainConfig. Valid keys: batch_size" in out
+    assert "OK    python" in out
+
+
+@pytest.mark.ray
+def test_train_writes_report_and_configs(ray_local, ml100k_slice, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([
+        "train", "--config", str(REPO / "configs" / "ml-100k.yaml"),
+        "data.dataset=null", f"data.input_path={ml100k_slice}", f"data.output_dir={out}/prepared",
+        "model.max_len=20", "model.hidden_size=16", "model.num_layers=1", "train.max_epochs=2", "train.batch_size=64",
+        f"train.storage_path={out}/runs", "train.run_name=first", f"train.bundle_dir={out}/bundle",
+    ]) == 0
+    printed = capsys.readouterr().out
+    run_dir = out / "runs" / "first"
+
+    assert f"Report: {run_dir / 'report.md'}" in printed
+    for folder in (out / "prepared", run_dir, out / "bundle"):
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        assert saved["model"]["hidden_size"] == 16, folder
+    report = (run_dir / "report.md").read_text()
+    assert "| metric | model | most popular |" in report
+    assert "| prepare (Ray Data) |" in report
+    assert report.count("\n| 1 | ") == 1  # the second epoch's row in the per-epoch table
+    assert (run_dir / "valid_ndcg.png").stat().st_size > 1000
+
+
+@pytest.mark.ray
+def test_bench_train_two_worker_counts(trained, tmp_path, capsys):
+    from rayrec.training.throughput import count_training_sequences
+
+    output = tmp_path / "bench.json"
+    assert main([
+        "bench", "train", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--epochs", "1",
+        "--work-dir", str(tmp_path / "work"), "--output", str(output),
+        f"data.output_dir={trained['prepared']}", "model.max_len=20", "model.hidden_size=16", "model.num_layers=1",
+        "train.batch_size=64",
+    ]) == 0
+    printed = capsys.readouterr().out
+    records = json.loads(output.read_text())
+
+    assert [record["workers"] for record in records] == [1, 2]
+    assert records[0]["speedup"] == 1.0
+    assert records[1]["speedup"] == pytest.approx(records[1]["sequences_per_s"] / records[0]["sequences_per_s"])
+    assert all(record["sequences_per_epoch"] == count_training_sequences(trained["prepared"], 20) for record in records)
+    assert all(0 < record["train_s_per_epoch"] <= record["epoch_s"] for record in records)
+    assert "speed-up vs 1 worker(s)" in printed
+    assert (tmp_path / "work" / "2-workers" / "bundle" / "bundle.json").exists()
+
+
+def test_bench_train_rejects_zero_workers(capsys):
+    assert main(["bench", "train", "--workers", "0"]) == 2
+    assert "--workers ([0]) must be at least 1" in capsys.readouterr().err

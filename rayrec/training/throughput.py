@@ -1,0 +1,80 @@
+"""Training throughput for several worker counts on one prepared dataset, for `rayrec bench train`.
+
+Each worker count gets its own short Ray Train run with the same model, global batch size and
+data. Speed is compared as a ratio against the first worker count, measured in the same
+process minutes apart, because absolute timings on shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from rayrec.models.config import ModelConfig
+from rayrec.training.config import TrainConfig
+from rayrec.training.loop import training_windows
+from rayrec.training.trainer import train
+
+logger = logging.getLogger(__name__)
+
+
+def count_training_sequences(prepared_dir: str | Path, max_len: int) -> int:
+    """Training windows per epoch: what one epoch feeds the model, summed over all workers."""
+    item_lists = pq.read_table(Path(prepared_dir) / "train", columns=["item_ids"])["item_ids"].to_pylist()
+    return len(training_windows([np.asarray(items) for items in item_lists], max_len))
+
+
+def measure_training_throughput(
+    prepared_dir: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    work_dir: str | Path,
+    worker_counts: tuple[int, ...] = (1, 2),
+    epochs: int = 2,
+) -> list[dict[str, Any]]:
+    """Train `epochs` epochs per worker count and return one record per count.
+
+    The first epoch of each run is left out of the means when there is more than one, because
+    it includes start-up costs such as Ray Data's first read.
+    """
+    sequences = count_training_sequences(prepared_dir, model_config.max_len)
+    records = []
+    for workers in worker_counts:
+        config = dataclasses.replace(
+            train_config, num_workers=workers, max_epochs=epochs, patience=epochs + 1,
+            storage_path=str(Path(work_dir, f"{workers}-workers", "runs").resolve()),
+            bundle_dir=str(Path(work_dir, f"{workers}-workers", "bundle")), run_name=f"bench-{workers}-workers",
+        )
+        logger.info("Throughput run with %d workers, %d epochs", workers, epochs)
+        output = train(prepared_dir, model_config, config, "bench")
+
+        timed = output.history[1:] if len(output.history) > 1 else output.history
+        train_s = statistics.mean(row["train_time_s"] for row in timed)
+        records.append({
+            "workers": workers,
+            "epochs_timed": len(timed),
+            "sequences_per_epoch": sequences,
+            "train_s_per_epoch": train_s,
+            "epoch_s": statistics.mean(row["epoch_time_s"] for row in timed),
+            "sequences_per_s": sequences / train_s,
+        })
+
+    baseline = records[0]["sequences_per_s"]
+    for record in records:
+        record["speedup"] = record["sequences_per_s"] / baseline
+    return records
+
+
+def format_throughput(records: list[dict[str, Any]]) -> str:
+    lines = ["workers  sequences/s  train s/epoch  epoch s (with validation)  speed-up vs "
+             f"{records[0]['workers']} worker(s)"]
+    for record in records:
+        lines.append(f"{record['workers']:>7}  {record['sequences_per_s']:>11.0f}  {record['train_s_per_epoch']:>13.2f}  "
+                     f"{record['epoch_s']:>25.2f}  {record['speedup']:.2f}x")
+    return "\n".join(lines)

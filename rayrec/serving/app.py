@@ -1,82 +1,152 @@
 """Ray Serve application: a FastAPI ingress in front of batched recommender replicas.
 
-Deploy it with `serve run serve_configs/ml-100k.yaml` or `rayrec serve`. The ingress
-validates each request, so only well-formed queries join a batch in the recommender.
+Deploy it with `rayrec serve`, `serve run serve_configs/ml-100k.yaml` or `serve deploy`.
+The ingress validates each request, so only well-formed queries join a batch in the
+recommender, and a bad request can never fail the others in its batch.
 """
 
-import logging
-import os
-from pathlib import Path
 
-import torch
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, field_validator
+import asyncio
+import logging
+import time
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rayrec.models.bundle import Bundle, load_bundle
-from rayrec.models.recommend import Query, popular_items, rank_queries, resolve_query
-from rayrec.serving.schemas import RecommendRequest, RecommendResponse
+from rayrec.serving import metrics
+from rayrec.serving.recommender import Recommender
+from rayrec.serving.schemas import (
+    MAX_BODY_BYTES,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
+    RecommendRequest,
+    RecommendResponse,
+)
 
 logger = logging.getLogger(__name__)
 
+HEALTHZ_TIMEOUT_S = 5.0
+REQUEST_LOG_INTERVAL_S = 60.0
+
 
 class AppArgs(BaseModel):
-    """Arguments of `build_app`, set under `args:` in a Serve config file."""
+    """Arguments of `build_app`, set under `args:` in a Serve config file.
 
-    bundle_path: str = Field(description="Bundle directory written by `rayrec train`; absolute, or relative to the working directory.")
+    The bundle to serve is not an argument: it is the Recommender's `user_config`, so it can
+    change without a redeploy.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest number of requests scored in one forward pass.")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0, description="Maximum wait for a batch to fill, in seconds.")
-    torch_threads: int = Field(1, ge=1, description="Intra-op threads per recommender replica.")
-
-    @field_validator("bundle_path")
-    @classmethod
-    def _bundle_exists(cls, value: str) -> str:
-        path = Path(value).expanduser().resolve()
-        if not (path / "bundle.json").exists():
-            raise ValueError(f"no rayrec bundle at {path}; train one with `rayrec train` or fix args.bundle_path.")
-        return str(path)
+    torch_threads: int = Field(1, ge=1, le=256, description="Intra-op threads per recommender replica.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where replicas run the model; auto picks CUDA when the replica has a GPU.")
 
 
-@serve.deployment
-class Recommender:
-    """Loads a bundle and scores batches of queries with one forward pass each."""
+class BodyLimitAndMetrics:
+    """ASGI middleware: reject bodies over MAX_BODY_BYTES with 413 and record status and latency metrics."""
 
-    def __init__(self, bundle_path: str, max_batch_size: int, batch_wait_timeout_s: float, torch_threads: int):
-        torch.set_num_threads(torch_threads)
-        self.bundle: Bundle = load_bundle(bundle_path)
-        self.score_batch.set_max_batch_size(max_batch_size)
-        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        logger.info("Loaded bundle %s from %s (pid %d)", self.bundle.version, bundle_path, os.getpid())
+    def __init__(self, app):
+        self.app = app
 
-    def metadata(self) -> dict:
-        return {key: self.bundle.metadata[key] for key in ("version", "created_at", "dataset", "model", "metrics")}
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
 
-    def healthz(self) -> bool:
-        """Run a one-item forward pass, so a replica with a broken model fails the check."""
-        logits = self.bundle.model.score_last(torch.ones((1, 1), dtype=torch.int64))
-        return bool(torch.isfinite(logits[0, 1:]).all())
+        start = time.perf_counter()
+        status = {"code": 500}
 
-    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        query = resolve_query(self.bundle, request.user_id, request.history, request.k, request.exclude_seen)
-        if query.fallback:
-            ranked = popular_items(self.bundle, query)
-        else:
-            ranked = await self.score_batch(query)
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
 
-        items = [{"item_id": self.bundle.item_ids[index], "score": score} for index, score in ranked]
-        return RecommendResponse(items=items, model_version=self.bundle.version, fallback=query.fallback,
-                                 unknown_items=query.unknown_items)
+        try:
+            body, too_large = await _read_body(receive, MAX_BODY_BYTES)
+            if too_large:
+                response = JSONResponse(status_code=413, content={"detail": (
+                    f"request body is larger than {MAX_BODY_BYTES} bytes; send fewer or shorter lists, "
+                    "or split a batch into several calls.")})
+                await response(scope, receive, send_and_record)
+                return
+            await self.app(scope, _replay(body, receive), send_and_record)
+        finally:
+            path = scope.get("path", "")
+            metrics.http_requests().inc(tags={"path": path, "status": str(status["code"])})
+            metrics.http_latency_ms().observe((time.perf_counter() - start) * 1000, tags={"path": path})
+            _REQUEST_LOG.record(status["code"])
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def score_batch(self, queries: list[Query]) -> list[list[tuple[int, float]]]:
-        return rank_queries(self.bundle, queries)
 
+async def _read_body(receive, limit: int) -> tuple[bytes, bool]:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive):
+    """Hand the buffered body to the app once, then pass later messages (a disconnect) through."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class RequestLog:
+    """Count responses by status and log the counts at most once per interval."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.counts: dict[int, int] = {}
+        self.last_logged = time.monotonic()
+
+    def record(self, status: int) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        now = time.monotonic()
+        if now - self.last_logged >= self.interval_s:
+            logger.info("Requests by status since the last report: %s", dict(sorted(self.counts.items())))
+            self.counts, self.last_logged = {}, now
+
+
+_REQUEST_LOG = RequestLog(REQUEST_LOG_INTERVAL_S)
 
 api = FastAPI(
     title="rayrec",
-    description="Next-item recommendations from a SASRec model trained with rayrec.",
+    description=(
+        "Next-item recommendations from a SASRec model trained with rayrec. "
+        f"Request bodies are limited to {MAX_BODY_BYTES} bytes."
+    ),
 )
+api.add_middleware(BodyLimitAndMetrics)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    # The default handler echoes the rejected input, which can be a user's whole history.
+    detail = [{"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+              for error in err.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 @serve.deployment
@@ -89,24 +159,43 @@ class Ingress:
 
     @api.post("/recommend", response_model=RecommendResponse)
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """Top-k items for one user id or history."""
         return await self.recommender.recommend.remote(request)
+
+    @api.post("/recommend/batch", response_model=RecommendBatchResponse)
+    async def recommend_batch(self, batch: RecommendBatchRequest) -> RecommendBatchResponse:
+        """Top-k items for several requests; each is routed on its own, so they share replica batches."""
+        responses = [self.recommender.recommend.remote(request) for request in batch.requests]
+        return RecommendBatchResponse(results=await asyncio.gather(*responses))
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        healthy = await self.recommender.healthz.remote()
+        """200 when a recommender replica scores a one-item history within a few seconds, else 503."""
+        response = self.recommender.healthz.remote()
+
+        async def answer() -> bool:
+            return await response
+
+        try:
+            healthy = await asyncio.wait_for(answer(), HEALTHZ_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            response.cancel()
+            logger.error("Health check failed: no answer from the recommender within %.0f s", HEALTHZ_TIMEOUT_S)
+            raise HTTPException(status_code=503, detail=f"the recommender did not answer within {HEALTHZ_TIMEOUT_S:.0f} s")
         if not healthy:
-            logger.error("Health check failed: the model returned non-finite scores")
-            raise HTTPException(status_code=503, detail="the model returned non-finite scores")
+            logger.error("Health check failed: the model returned invalid scores")
+            raise HTTPException(status_code=503, detail="the model returned invalid scores")
         return {"status": "ok"}
 
     @api.get("/model")
     async def model(self) -> dict:
+        """Version, training date, dataset and metrics of the bundle being served, and the last failed load."""
         return await self.recommender.metadata.remote()
 
 
 def build_app(args: dict) -> serve.Application:
     """Build the application from the `args:` mapping of a Serve config file."""
     app_args = AppArgs(**args)
-    recommender = Recommender.bind(app_args.bundle_path, app_args.max_batch_size, app_args.batch_wait_timeout_s,
-                                   app_args.torch_threads)
+    recommender = Recommender.bind(app_args.max_batch_size, app_args.batch_wait_timeout_s, app_args.torch_threads,
+                                   app_args.device)
     return Ingress.bind(recommender)

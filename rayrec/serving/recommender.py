@@ -1,0 +1,179 @@
+"""The recommender deployment: loads a bundle, swaps it on `user_config` changes, scores in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from rayrec.models.bundle import Bundle, load_bundle
+from rayrec.models.recommend import Query, popular_items, rank_queries, resolve_query
+from rayrec.serving import metrics
+from rayrec.serving.schemas import RecommendRequest, RecommendResponse
+
+logger = logging.getLogger(__name__)
+
+# A batch running longer than this fails Serve's health check, so the controller replaces the replica.
+STALLED_BATCH_S = 30.0
+
+
+class ModelSource(BaseModel):
+    """The Recommender's Serve `user_config`: which bundle to serve. Changing it swaps the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_path: str = Field(description="Bundle directory or pyarrow filesystem URI (s3://, gs://, file://).")
+    version: str | None = Field(None, description="Expected bundle version; loading fails if bundle.json differs.")
+
+
+def pick_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
+    """Resolve the `device` argument: `auto` means CUDA when this replica sees a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("args.device is cuda, but this replica sees no GPU; request one with "
+                         "ray_actor_options.num_gpus or set args.device to auto.")
+    return torch.device(device)
+
+
+def load_source(source: ModelSource, device: torch.device) -> Bundle:
+    """Load and check the bundle named by `source`, with its model on `device`."""
+    bundle = load_bundle(source.bundle_path)
+    if source.version is not None and bundle.version != source.version:
+        raise ValueError(f"the bundle at {source.bundle_path} has version {bundle.version}, but user_config.version "
+                         f"is {source.version}; fix the version or the path.")
+    bundle.model.to(device)
+    return bundle
+
+
+@serve.deployment
+class Recommender:
+    """Scores batches of queries with one forward pass each.
+
+    Every request is resolved against the bundle that is current when it arrives and is
+    scored by that same bundle, so a swap never mixes two vocabularies in one answer.
+    """
+
+    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005, torch_threads: int = 1,
+                 device: Literal["auto", "cpu", "cuda"] = "auto"):
+        torch.set_num_threads(torch_threads)
+        self.device = pick_device(device)
+        self.bundle: Bundle | None = None
+        self.source: ModelSource | None = None
+        self.last_load_error: dict | None = None
+        self.batch_started_at: float | None = None
+        self.swap_lock = asyncio.Lock()
+        self.score_batch.set_max_batch_size(max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load the bundle named in `user_config`; the first load must succeed, later ones may fail safely."""
+        async with self.swap_lock:
+            if self.bundle is None:
+                # Serve keeps the replica out of rotation until this first load returns.
+                source = ModelSource.model_validate(user_config)
+                self._activate(load_source(source, self.device), source)
+                return
+            await self._swap(user_config)
+
+    async def _swap(self, user_config: dict) -> None:
+        # Load in a thread, so this replica keeps answering with the old bundle until the new one is ready.
+        try:
+            source = ModelSource.model_validate(user_config)
+            bundle = await asyncio.to_thread(load_source, source, self.device)
+        except Exception as err:  # noqa: BLE001 - any load failure must leave the old model serving
+            self.last_load_error = {"bundle_path": str(user_config.get("bundle_path")), "error": str(err),
+                                    "at": time.time()}
+            metrics.bundle_load_failures().inc()
+            logger.error("Failed to load bundle %s: %s; still serving %s", user_config.get("bundle_path"), err,
+                         self.bundle.version)
+            return
+        self._activate(bundle, source)
+
+    def _activate(self, bundle: Bundle, source: ModelSource) -> None:
+        previous = self.bundle
+        self.bundle, self.source, self.last_load_error = bundle, source, None  # one reference swap
+        if previous is not None:
+            metrics.model_version().set(0, tags={"version": previous.version})
+        metrics.model_version().set(1, tags={"version": bundle.version})
+        logger.info("Serving bundle %s from %s on %s (pid %d)", bundle.version, source.bundle_path, self.device,
+                    os.getpid())
+
+    def metadata(self) -> dict:
+        info = {key: self.bundle.metadata.get(key) for key in ("version", "created_at", "dataset", "model", "metrics")}
+        info["bundle_path"] = self.source.bundle_path
+        info["max_len"] = self.bundle.model.config.max_len
+        info["num_items"] = len(self.bundle.item_ids) - 1
+        info["last_load_error"] = self.last_load_error
+        return info
+
+    async def healthz(self) -> bool:
+        """Score a one-item history through the batch queue, the path real requests take."""
+        bundle = self.bundle
+        query = Query(history=bundle.popular_items[:1], k=1, exclude=bundle.popular_items[:0])
+        ranked = await self.score_batch((bundle, query))
+        return len(ranked) == 1 and all(score == score for _, score in ranked)  # NaN != NaN
+
+    def check_health(self) -> None:
+        """Called by Serve every few seconds; a stalled batch marks the replica unhealthy."""
+        started = self.batch_started_at
+        if started is not None and time.monotonic() - started > STALLED_BATCH_S:
+            raise RuntimeError(f"a batch has been running for more than {STALLED_BATCH_S:.0f} s")
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        bundle = self.bundle
+        query = resolve_query(bundle, request.user_id, request.history, request.k, request.exclude_seen,
+                              request.exclude_items, request.allowed_items)
+        self._count_unknowns(query)
+        if query.fallback:
+            metrics.fallbacks().inc()
+            ranked = popular_items(bundle, query)
+        else:
+            ranked = await self.score_batch((bundle, query))
+
+        return RecommendResponse(
+            items=[{"item_id": bundle.item_ids[index], "score": score} for index, score in ranked],
+            model_version=bundle.version,
+            fallback=query.fallback,
+            unknown_items=query.unknown_items,
+            unknown_user=query.unknown_user,
+            truncated=query.truncated,
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def score_batch(self, requests: list[tuple[Bundle, Query]]) -> list[list[tuple[int, float]]]:
+        metrics.batch_size().observe(len(requests))
+        self.batch_started_at = time.monotonic()
+        try:
+            # The forward pass runs in a thread, so the event loop keeps queueing the next batch meanwhile.
+            return await asyncio.to_thread(_rank_by_bundle, requests)
+        finally:
+            self.batch_started_at = None
+
+    @staticmethod
+    def _count_unknowns(query: Query) -> None:
+        if query.unknown_user:
+            metrics.unknown_ids().inc(tags={"kind": "user"})
+        if query.unknown_items:
+            metrics.unknown_ids().inc(len(query.unknown_items), tags={"kind": "item"})
+
+
+def _rank_by_bundle(requests: list[tuple[Bundle, Query]]) -> list[list[tuple[int, float]]]:
+    """Rank each query with the bundle it was resolved against; a batch spans two bundles only during a swap."""
+    results: list[list[tuple[int, float]] | None] = [None] * len(requests)
+    groups: dict[int, list[int]] = {}
+    for position, (bundle, _) in enumerate(requests):
+        groups.setdefault(id(bundle), []).append(position)
+
+    for positions in groups.values():
+        bundle = requests[positions[0]][0]
+        ranked = rank_queries(bundle, [requests[p][1] for p in positions])
+        for position, row in zip(positions, ranked):
+            results[position] = row
+    return results

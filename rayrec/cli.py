@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="Deploy a bundle with Ray Serve and block until interrupted.")
     serve.add_argument("--config", default=DEFAULT_SERVE_CONFIG, help=f"Serve config YAML (default: {DEFAULT_SERVE_CONFIG}).")
-    serve.add_argument("--bundle", help="Bundle directory; overrides args.bundle_path in the config.")
+    serve.add_argument("--bundle", help="Bundle directory or URI; overrides the Recommender's user_config.bundle_path in the config.")
     serve.add_argument("--port", type=int, help="HTTP port; overrides http_options.port (default in the config: 8000).")
+    serve.add_argument("--check", action="store_true", help="Only check the Serve config and exit; starts no Ray.")
     serve.set_defaults(handler=_serve)
 
     recommend = commands.add_parser("recommend", help="Top-k items for a user or a history, without a server.")
@@ -219,13 +220,15 @@ def _evaluate(args) -> int:
 
 
 def _serve(args) -> int:
-    from rayrec.serving.deploy import deploy, wait_forever
+    from rayrec.serving.deploy import deploy, load_serve_config, wait_forever
 
-    # Check the cheap things before Ray starts, so a typo fails in a second, not after Serve is up.
+    # Check the config before Ray starts, so a typo fails in a second, not after Serve is up.
     if not Path(args.config).exists():
         raise FileNotFoundError(f"Serve config not found: {args.config}. Run from the repository root or pass --config.")
-    if args.bundle is not None and not (Path(args.bundle).expanduser() / "bundle.json").exists():
-        raise FileNotFoundError(f"No rayrec bundle at {args.bundle}; train one with `rayrec train` or fix --bundle.")
+    load_serve_config(args.config, bundle_path=args.bundle, port=args.port)
+    if args.check:
+        print(f"{args.config}: OK")
+        return 0
     init_ray()
     url = deploy(args.config, bundle_path=args.bundle, port=args.port)
     print(f"Serving at {url} (POST /recommend, GET /healthz, GET /model, docs at /docs). Press Ctrl+C to stop.")
@@ -249,6 +252,8 @@ def _recommend(args) -> int:
         "model_version": bundle.version,
         "fallback": query.fallback,
         "unknown_items": query.unknown_items,
+        "unknown_user": query.unknown_user,
+        "truncated": query.truncated,
     }, indent=2))
     return 0
 
@@ -305,7 +310,8 @@ def _doctor(args) -> int:
         config, config_check = None, Check("config", "fail", str(err), "Fix the key named above; see docs/configuration.md.")
     checks = run_checks(config, args.cpus, args.gpus)
     if config_check is None:
-        config_check = Check("config", "ok", f"{args.config or 'defaults'} loads and validates")
+        source = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else "built-in defaults")
+        config_check = Check("config", "ok", f"{source} loads and validates")
     checks.append(config_check)
     print(format_checks(checks))
     return 1 if any(check.status == "fail" for check in checks) else 0

@@ -1,4 +1,4 @@
-"""`rayrec doctor`: check this machine and a run config before a run, and say how to fix gaps.
+"""`rayrec doctor`: check this machine and a run config before a run, and print how to fix gaps.
 
 The checks only read local state: installed packages, CPUs, GPUs, memory, disk and files.
 They start no Ray and contact no host, so a cluster named in RAY_ADDRESS is not inspected;
@@ -111,7 +111,7 @@ def check_memory() -> Check:
 
 
 def check_disk(config: RunConfig) -> list[Check]:
-    """Free space where the prepared data, checkpoints and bundle go."""
+    """Check the free space where the prepared data, checkpoints and bundle go."""
     checks = []
     targets = {"data.output_dir": config.data.output_dir, "train.storage_path": config.train.storage_path,
                "train.bundle_dir": config.train.bundle_dir}
@@ -130,7 +130,7 @@ def check_disk(config: RunConfig) -> list[Check]:
 
 
 def check_input(config: RunConfig) -> Check:
-    """Whether the input data is on disk; a dataset not yet fetched is fine, `prepare` fetches it."""
+    """Check that the input data is on disk. A dataset not fetched yet is fine, because `prepare` fetches it."""
     if config.data.input_path is not None:
         path = config.data.input_path
         if "://" in path:
@@ -154,7 +154,7 @@ def check_input(config: RunConfig) -> Check:
 
 
 def check_training_resources(config: RunConfig, cpus: float, gpus: int) -> list[Check]:
-    """The Ray resources `rayrec train` will request with this config on a cluster of this size."""
+    """Check the Ray resources that `rayrec train` requests with this config on a cluster of this size."""
     from rayrec.training.resources import plan_worker_resources
 
     train = config.train

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -119,9 +120,24 @@ def _setup_worker(rank: int, torch_threads: int, seed: int) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rayrec").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    _quiet_ray_train_reports()
     torch.set_num_threads(max(1, min(torch_threads, os.cpu_count() or 1)))
     # The same seed on every rank gives identical initial weights.
     torch.manual_seed(seed)
+
+
+def _quiet_ray_train_reports() -> None:
+    """Keep only warnings from the Ray Train loggers that log every report and checkpoint at info.
+
+    Ray Train 2.60 logs two such lines per epoch from every rank, which buries the progress lines.
+    NOTE: these are Ray-internal module names; if they change, the lines come back and nothing breaks.
+    """
+    for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+        module = sys.modules.get(name)
+        # context.py names its logger after its file path, storage.py after its module name.
+        for logger_name in (name, getattr(module, "__file__", None)):
+            if logger_name:
+                logging.getLogger(logger_name).setLevel(logging.WARNING)
 
 
 def build_lr_scheduler(optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

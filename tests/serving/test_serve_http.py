@@ -1,6 +1,7 @@
 """Deploy the Serve app on 127.0.0.1 and send real HTTP requests."""
 
-import shutil
+import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -93,7 +94,90 @@ def test_unknown_user_gets_popular_fallback(server):
     assert response.status_code == 200
     body = response.json()
     assert body["fallback"] is True
+    assert body["unknown_user"] is True
     assert [item["item_id"] for item in body["items"]] == [bundle.item_ids[i] for i in bundle.popular_items[:3]]
+
+
+def test_known_users_flags(server):
+    bundle = server["bundle"]
+    max_len = bundle.model.config.max_len
+    short = next(user for user, items in sorted(bundle.histories.items()) if len(items) <= max_len)
+    long = next(user for user, items in sorted(bundle.histories.items()) if len(items) > max_len)
+    short_body = httpx.post(f"{server['url']}/recommend", json={"user_id": short}).json()
+    long_body = httpx.post(f"{server['url']}/recommend", json={"user_id": long}).json()
+
+    assert short_body["unknown_user"] is False
+    assert short_body["truncated"] is False
+    assert long_body["unknown_user"] is False
+    assert long_body["truncated"] is True
+
+
+def test_long_history_truncated_and_flagged(server):
+    bundle = server["bundle"]
+    max_len = bundle.model.config.max_len
+    history = [bundle.item_ids[1 + i % 40] for i in range(max_len + 5)]
+    body = httpx.post(f"{server['url']}/recommend", json={"history": history, "k": 5}).json()
+
+    assert body["truncated"] is True
+    # Scores come from the most recent max_len items; seen items are excluded over the whole history.
+    assert [item["item_id"] for item in body["items"]] == _offline_top_k(bundle, history=history, k=5)
+    assert not set(history) & {item["item_id"] for item in body["items"]}
+
+
+def test_exclude_and_allowed_items(server):
+    bundle = server["bundle"]
+    history = [bundle.item_ids[i] for i in (1, 2)]
+    allowed = [bundle.item_ids[i] for i in (1, 3, 4, 5, 6)] + ["not-an-item"]
+    body = httpx.post(f"{server['url']}/recommend", json={
+        "history": history, "k": 10, "allowed_items": allowed, "exclude_items": [bundle.item_ids[4]],
+    }).json()
+
+    returned = [item["item_id"] for item in body["items"]]
+    # Fewer than k remain: item 1 is seen, item 4 excluded, and the unknown id can never be returned.
+    assert sorted(returned) == sorted(bundle.item_ids[i] for i in (3, 5, 6))
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_allowed_items_apply_to_fallback(server):
+    bundle = server["bundle"]
+    allowed = [bundle.item_ids[i] for i in bundle.popular_items[5:8]]
+    body = httpx.post(f"{server['url']}/recommend", json={"user_id": "nobody", "allowed_items": allowed}).json()
+
+    assert body["fallback"] is True
+    assert [item["item_id"] for item in body["items"]] == allowed
+
+
+def test_batch_endpoint_matches_single_requests(server):
+    bundle = server["bundle"]
+    users = sorted(bundle.histories)[:5]
+    requests = [{"user_id": user, "k": 4} for user in users] + [{"history": [bundle.item_ids[2]], "k": 3}]
+    response = httpx.post(f"{server['url']}/recommend/batch", json={"requests": requests}, timeout=60)
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == len(requests)
+    for user, result in zip(users, results):
+        assert [item["item_id"] for item in result["items"]] == _offline_top_k(bundle, user_id=user, k=4)
+    assert [item["item_id"] for item in results[-1]["items"]] == _offline_top_k(bundle, history=[bundle.item_ids[2]], k=3)
+
+
+def test_bad_request_does_not_fail_its_batch(server):
+    """Valid requests sent together with one null history all succeed; only the bad one gets 422."""
+    bundle = server["bundle"]
+    users = sorted(bundle.histories)[:8]
+
+    async def send_all():
+        async with httpx.AsyncClient(timeout=60) as client:
+            good = [client.post(f"{server['url']}/recommend", json={"user_id": user, "k": 5}) for user in users]
+            bad = client.post(f"{server['url']}/recommend", json={"history": [None], "k": 5})
+            return await asyncio.gather(*good[:4], bad, *good[4:])
+
+    responses = asyncio.run(send_all())
+    statuses = [response.status_code for response in responses]
+    assert statuses == [200] * 4 + [422] + [200] * 4
+    for user, response in zip(users, responses[:4] + responses[5:]):
+        assert [item["item_id"] for item in response.json()["items"]] == _offline_top_k(bundle, user_id=user, k=5)
 
 
 def test_unknown_history_items_reported(server):
@@ -118,6 +202,13 @@ def test_unknown_history_items_reported(server):
     ({"history": [1.5]}, "history"),
     ({"history": [True]}, "history"),
     ({"user_id": "1", "extra": 1}, "extra"),
+    ({"history": [None]}, "history"),
+    ({"user_id": None, "history": None}, "set user_id, history, or both"),
+    ({"user_id": "1", "exclude_items": "1"}, "exclude_items"),
+    ({"user_id": "1", "exclude_items": ["1"] * 10_001}, "exclude_items"),
+    ({"user_id": "1", "allowed_items": []}, "allowed_items"),
+    ({"user_id": "1", "allowed_items": ["1"] * 10_001}, "allowed_items"),
+    ({"history": ["1"] * 10_001}, "history"),
 ])
 def test_invalid_requests_get_4xx_naming_the_field(server, body, field):
     response = httpx.post(f"{server['url']}/recommend", json=body)
@@ -126,30 +217,104 @@ def test_invalid_requests_get_4xx_naming_the_field(server, body, field):
     assert field in response.text
 
 
-def test_malformed_json_is_4xx(server):
-    response = httpx.post(f"{server['url']}/recommend", content=b"{not json",
-                          headers={"content-type": "application/json"})
-    assert 400 <= response.status_code < 500
+def test_rejected_input_is_not_echoed(server):
+    response = httpx.post(f"{server['url']}/recommend", json={"history": ["secret-item"] * 10_001})
+
+    assert response.status_code == 422
+    assert "secret-item" not in response.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "requests"),
+    ({"requests": []}, "requests"),
+    ({"requests": [{"user_id": "1"}] * 257}, "requests"),
+    ({"requests": [{"user_id": "1"}, {"history": None}]}, "set user_id, history, or both"),
+    ({"requests": [{"user_id": "1", "k": -1}]}, "k"),
+    ({"requests": {"user_id": "1"}}, "requests"),
+])
+def test_invalid_batches_get_4xx_naming_the_field(server, body, field):
+    response = httpx.post(f"{server['url']}/recommend/batch", json=body)
+
+    assert response.status_code == 422
+    assert field in response.text
+
+
+def test_oversized_body_is_413(server):
+    from rayrec.serving.schemas import MAX_BODY_BYTES
+
+    body = json.dumps({"history": ["x" * 1000] * (MAX_BODY_BYTES // 1000 + 1)}).encode()
+    response = httpx.post(f"{server['url']}/recommend", content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 413
+    assert str(MAX_BODY_BYTES) in response.json()["detail"]
+
+
+@pytest.mark.parametrize("content, content_type", [
+    (b"{not json", "application/json"),
+    (b"", "application/json"),
+    (b"[1, 2]", "application/json"),
+    (b"null", "application/json"),
+    (b"user_id=1", "application/x-www-form-urlencoded"),
+    (b"\xff\xfe", "application/json"),
+])
+def test_malformed_bodies_are_4xx(server, content, content_type):
+    for path in ("/recommend", "/recommend/batch"):
+        response = httpx.post(f"{server['url']}{path}", content=content, headers={"content-type": content_type})
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+
+
+def test_wrong_method_and_path_are_4xx(server):
+    assert httpx.get(f"{server['url']}/recommend").status_code == 405
+    assert httpx.post(f"{server['url']}/no-such-route", json={}).status_code == 404
+
+
+def test_openapi_docs_served(server):
+    assert httpx.get(f"{server['url']}/docs").status_code == 200
+    paths = httpx.get(f"{server['url']}/openapi.json").json()["paths"]
+    assert {"/recommend", "/recommend/batch", "/healthz", "/model"} <= set(paths)
 
 
 def test_health_and_model_endpoints(server):
     assert httpx.get(f"{server['url']}/healthz").json() == {"status": "ok"}
     model = httpx.get(f"{server['url']}/model").json()
     assert model["version"] == server["bundle"].version
+    assert model["dataset"] == server["bundle"].metadata["dataset"]
+    assert model["created_at"] == server["bundle"].metadata["created_at"]
     assert "test_ndcg@10" in model["metrics"]
+    assert model["last_load_error"] is None
 
 
-def test_bad_bundle_path_rejected_before_deploy(tmp_path):
-    from rayrec.serving.app import AppArgs
+def test_no_bad_request_gets_5xx(server):
+    """A sweep over odd bodies, including every bad case above: none may reach a 5xx."""
+    bodies = [b"", b"{}", b"[]", b"0", b"\"x\"", b'{"user_id": {}}', b'{"history": [[]]}', b'{"history": [{}]}',
+              b'{"k": 1e309, "user_id": "1"}', b'{"user_id": "1", "k": 9999999999999999999999}',
+              b'{"user_id": "' + b"a" * 100_000 + b'"}', b'{"history": ["1"], "exclude_seen": null}']
+    for path in ("/recommend", "/recommend/batch"):
+        for body in bodies:
+            response = httpx.post(f"{server['url']}{path}", content=body, headers={"content-type": "application/json"})
+            assert response.status_code < 500, (path, body[:40], response.status_code)
 
-    with pytest.raises(ValueError, match="no rayrec bundle at"):
-        AppArgs(bundle_path=str(tmp_path))
 
+def test_prometheus_metrics_exported(server):
+    """Ray's metrics agent on this node exports the app's counters in Prometheus text format."""
+    import time
 
-def test_serve_config_overrides(tmp_path, trained):
-    from rayrec.serving.deploy import load_serve_config
+    import ray
 
-    config = load_serve_config(SERVE_CONFIG, bundle_path=str(trained["output"].bundle_dir), port=8123)
-    assert config.http_options.host == "127.0.0.1"
-    assert config.http_options.port == 8123
-    assert Path(config.applications[0].args["bundle_path"]).is_absolute()
+    user = sorted(server["bundle"].histories)[0]
+    httpx.post(f"{server['url']}/recommend", json={"user_id": user})
+    httpx.post(f"{server['url']}/recommend", json={"user_id": "nobody", "history": ["not-an-item"]})
+    httpx.post(f"{server['url']}/recommend", json={"k": 0})
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    expected = ['ray_rayrec_http_requests_total', 'status="200"', 'status="422"', "ray_rayrec_http_latency_ms_bucket",
+                "ray_rayrec_batch_size_bucket", "ray_rayrec_fallbacks_total", 'kind="item"',
+                f'version="{server["bundle"].version}"']
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        missing = [name for name in expected if name not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not missing, f"not exported after 60 s: {missing}"

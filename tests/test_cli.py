@@ -71,7 +71,8 @@ def test_serve_run_with_shipped_config(trained, tmp_path):
     config = yaml.safe_load((REPO / "serve_configs" / "ml-100k.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
-    config["applications"][0]["args"]["bundle_path"] = "bundle"  # relative to where `serve run` starts
+    recommender = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Recommender")
+    recommender["user_config"]["bundle_path"] = "bundle"  # relative to where `serve run` starts
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
 
     server = subprocess.Popen([str(BIN / "serve"), "run", "serve.yaml"], cwd=tmp_path, env=_env(),

@@ -132,7 +132,9 @@ def test_evaluate_rejects_nonpositive_k(trained, capsys):
 def test_serve_with_missing_bundle_fails_before_ray(tmp_path, capsys):
     config = REPO / "serve_configs" / "ml-100k.yaml"
     assert main(["serve", "--config", str(config), "--bundle", str(tmp_path / "nope")]) == 2
-    assert "No rayrec bundle at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no rayrec bundle at {tmp_path / 'nope'}" in err.lower()
+    assert "pass --bundle" in err
 
 
 @pytest.fixture

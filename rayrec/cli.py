@@ -96,7 +96,8 @@ def _add_bench_parser(commands) -> None:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
 
     bench_train = bench_commands.add_parser(
-        "train", help="Training throughput (sequences per second, seconds per epoch) for 1 and 2 workers, and their ratio.")
+        "train", help="Training throughput (sequences per second, seconds per epoch) for 1 and 2 workers on the "
+                      "prepared data in data.output_dir, and their ratio.")
     _add_config_arguments(bench_train)
     bench_train.add_argument("--epochs", type=int, default=2,
                              help="Epochs per worker count; the first is left out of the means when there are more "

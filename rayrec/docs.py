@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 HELP_WIDTH = 100  # fixed, so the page does not depend on the terminal that generated it
+# NOTE: argparse's help layout changes between some Python versions; cli.md is generated with
+# the Python that CI uses (3.11), so its test may fail on another version until regenerated.
 
 
 def cli_reference() -> str:

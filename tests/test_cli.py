@@ -232,9 +232,54 @@ def test_bench_train_two_worker_counts(trained, tmp_path, capsys):
     assert all(record["sequences_per_epoch"] == count_training_sequences(trained["prepared"], 20) for record in records)
     assert all(0 < record["train_s_per_epoch"] <= record["epoch_s"] for record in records)
     assert "speed-up vs 1 worker(s)" in printed
+    assert [record["torch_threads_per_worker"] for record in records] == [2, 1]  # 2 CPUs in ray_local
     assert (tmp_path / "work" / "2-workers" / "bundle" / "bundle.json").exists()
 
 
 def test_bench_train_rejects_zero_workers(capsys):
     assert main(["bench", "train", "--workers", "0"]) == 2
     assert "--workers ([0]) must be at least 1" in capsys.readouterr().err
+
+
+def test_doctor_reports_missing_package(monkeypatch):
+    import importlib
+
+    from rayrec import doctor
+
+    real_import = importlib.import_module
+
+    def import_without_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(doctor.importlib, "import_module", import_without_matplotlib)
+    check = doctor.check_packages()
+
+    assert check.status == "fail"
+    assert "matplotlib (No module named 'matplotlib')" in check.detail
+    assert "pip install -e ." in check.fix
+
+
+def test_doctor_warns_low_memory_and_disk(monkeypatch):
+    # This machine has plenty of both, so the measurements are replaced by small ones.
+    import collections
+
+    import psutil
+
+    from rayrec import doctor
+    from rayrec.config import load_config
+
+    memory = collections.namedtuple("Memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=1 * doctor.GIB, total=8 * doctor.GIB))
+    usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda path: usage(10 * doctor.GIB, 9.5 * doctor.GIB, 0.5 * doctor.GIB))
+
+    memory_check = doctor.check_memory()
+    disk_checks = doctor.check_disk(load_config(None, ["train.storage_path=s3://bucket/runs"]))
+
+    assert memory_check.status == "warn"
+    assert memory_check.detail == "1.0 GiB free of 8.0 GiB"
+    assert [check.status for check in disk_checks] == ["warn", "info", "warn"]
+    assert "set data.output_dir=PATH" in disk_checks[0].fix
+    assert "s3://bucket/runs is remote storage; not checked" in disk_checks[1].detail

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import ray
 
 from rayrec.models.config import ModelConfig
 from rayrec.training.config import TrainConfig
 from rayrec.training.loop import training_windows
+from rayrec.training.resources import plan_worker_resources
 from rayrec.training.trainer import train
 
 logger = logging.getLogger(__name__)
@@ -52,12 +54,14 @@ def measure_training_throughput(
             bundle_dir=str(Path(work_dir, f"{workers}-workers", "bundle")), run_name=f"bench-{workers}-workers",
         )
         logger.info("Throughput run with %d workers, %d epochs", workers, epochs)
+        plan = plan_worker_resources(config, ray.cluster_resources().get("CPU", 0.0))
         output = train(prepared_dir, model_config, config, "bench")
 
         timed = output.history[1:] if len(output.history) > 1 else output.history
         train_s = statistics.mean(row["train_time_s"] for row in timed)
         records.append({
             "workers": workers,
+            "torch_threads_per_worker": plan.torch_threads,
             "epochs_timed": len(timed),
             "sequences_per_epoch": sequences,
             "train_s_per_epoch": train_s,
@@ -72,9 +76,9 @@ def measure_training_throughput(
 
 
 def format_throughput(records: list[dict[str, Any]]) -> str:
-    lines = ["workers  sequences/s  train s/epoch  epoch s (with validation)  speed-up vs "
+    lines = ["workers  torch threads each  sequences/s  train s/epoch  epoch s (with validation)  speed-up vs "
              f"{records[0]['workers']} worker(s)"]
     for record in records:
-        lines.append(f"{record['workers']:>7}  {record['sequences_per_s']:>11.0f}  {record['train_s_per_epoch']:>13.2f}  "
-                     f"{record['epoch_s']:>25.2f}  {record['speedup']:.2f}x")
+        lines.append(f"{record['workers']:>7}  {record['torch_threads_per_worker']:>18}  {record['sequences_per_s']:>11.0f}  "
+                     f"{record['train_s_per_epoch']:>13.2f}  {record['epoch_s']:>25.2f}  {record['speedup']:.2f}x")
     return "\n".join(lines)

@@ -172,6 +172,7 @@ def run_prepare(config):
     init_ray()
     stats = prepare_from_config(config.data)
     config.save(Path(config.data.output_dir) / "config.yaml")
+    print((Path(config.data.output_dir) / "stats.json").read_text(), end="")
     print(f"Prepared {stats.users} users, {stats.items} items, {stats.interactions} interactions "
           f"({sum(stats.dropped.values())} rows dropped: {stats.dropped}) in {stats.wall_time_s:.1f} s "
           f"-> {config.data.output_dir}")

@@ -82,7 +82,7 @@ def write_report(
     history: list[dict[str, float]],
     test_metrics: dict[str, Any],
     baseline_metrics: dict[str, float],
-    stage_times_s: dict[str, float],
+    stage_times_s: dict[str, float | None],
     k: int,
 ) -> Path:
     """Write config.yaml, the two plots and report.md into `report_dir`; return the report path."""
@@ -175,8 +175,8 @@ def _test_section(test_metrics: dict[str, Any], baseline_metrics: dict[str, floa
     return "## Test metrics\n\n" + _table(["metric", "model", "most popular"], rows) + "\n\n" + note
 
 
-def _timing_section(stage_times_s: dict[str, float]) -> str:
-    rows = [(stage, f"{seconds:.2f}") for stage, seconds in stage_times_s.items()]
+def _timing_section(stage_times_s: dict[str, float | None]) -> str:
+    rows = [(stage, "not recorded" if seconds is None else f"{seconds:.2f}") for stage, seconds in stage_times_s.items()]
     return "## Wall time per stage\n\n" + _table(["stage", "seconds"], rows)
 
 
@@ -204,9 +204,9 @@ def write_run_report(config: dict[str, Any], output, prepare_time_s: float | Non
     if prepare_time_s is not None:
         stage_times["prepare (Ray Data)"] = prepare_time_s
     else:
-        stage_times["prepare (Ray Data), earlier run"] = _read_stats(prepared_dir).get("wall_time_s", float("nan"))
-    stage_times["train (Ray Train fit, with validation and test)"] = output.stage_times_s.get("ray_train_fit", float("nan"))
-    stage_times["export bundle"] = output.stage_times_s.get("export_bundle", float("nan"))
+        stage_times["prepare (Ray Data), earlier run"] = _read_stats(prepared_dir).get("wall_time_s")
+    stage_times["train (Ray Train fit, with validation and test)"] = output.stage_times_s.get("ray_train_fit")
+    stage_times["export bundle"] = output.stage_times_s.get("export_bundle")
     stage_times["popularity baseline"] = baseline_s
 
     # NOTE: a URI run directory is not written to; the report stays on local disk with the bundle.

@@ -109,3 +109,22 @@ def test_trained_run_history_and_report(trained, tmp_path):
     assert "| prepare (Ray Data) | 3.00 |" in text
     assert f"| NDCG@10 | {output.metrics['test_ndcg@10']:.4f} |" in text
     assert (path.parent / "loss.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_uri_run_dir_reports_beside_bundle(tmp_path):
+    from rayrec.training.trainer import TrainOutput
+
+    prepared = _write_prepared(tmp_path / "prepared", [[1, 2, 1, 3], [1, 2]], [([2], 3)], num_items=5)
+    metrics = {"test_ndcg@10": 0.5, "test_hr@10": 1.0, "test_mrr@10": 0.5, "test_users": 1, "best_epoch": 0,
+               "epochs_trained": 1}
+    output = TrainOutput(bundle_dir=tmp_path / "bundle", metrics=metrics, run_dir="s3://bucket/runs/first",
+                         wall_time_s=9.0, history=_history(1), stage_times_s={"ray_train_fit": 8.0, "export_bundle": 0.5})
+    config = {"data": {"output_dir": str(prepared)}, "train": {"eval_k": 10}}
+
+    path = write_run_report(config, output)
+
+    assert path == tmp_path / "bundle" / "report" / "report.md"
+    text = path.read_text()
+    assert "| NDCG@10 | 0.5000 | 0.6309 |" in text  # the baseline ranks item 3 second
+    assert "| train (Ray Train fit, with validation and test) | 8.00 |" in text
+    assert "| prepare (Ray Data), earlier run | not recorded |" in text  # the hand-made folder has no stats.json

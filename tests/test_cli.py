@@ -144,12 +144,12 @@ def no_ray_no_network(monkeypatch):
 
     import ray
 
-    def refuse(*args, **kwargs):
+    def fail_test(*args, **kwargs):
         raise AssertionError("doctor must not start Ray or connect anywhere")
 
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(ray, "init", fail_test)
+    monkeypatch.setattr(socket.socket, "connect", fail_test)
+    monkeypatch.setattr(socket.socket, "connect_ex", fail_test)
 
 
 def test_doctor_passes_shipped_config(no_ray_no_network, capsys):
@@ -159,7 +159,8 @@ def test_doctor_passes_shipped_config(no_ray_no_network, capsys):
     assert "OK    python: Python 3." in out
     assert "OK    torch: torch 2." in out
     assert "OK    train resources: 2 workers x 3.5 CPUs, 4 torch threads each; 1 of 8 CPUs left for Ray Data" in out
-    assert "memory:" in out and "disk train.bundle_dir:" in out
+    assert "memory:" in out
+    assert "disk train.bundle_dir:" in out
     assert "0 failed" in out
 
 

@@ -58,7 +58,7 @@ from rayrec.data.formats import (
     INVALID_REASONS, InputFiles, InvalidInputError, list_input_files, normalize_chunk, read_raw_chunks,
 )
 from rayrec.data.sequences import (
-    SPLITS, USER_DROP_REASONS, apply_thresholds, build_user_rows, count_items, write_shard,
+    SPLITS, USER_DROP_REASONS, apply_thresholds, build_user_rows, count_items, index_items, write_shard,
 )
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,9 @@ def _write_vocab(items: pa.Table, output_dir: Path) -> pa.Array:
 
 
 def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: PrepareConfig, output_dir: Path) -> pa.Table:
-    written = users.groupby("shard", num_partitions=config.num_shards).map_groups(
+    # Indexing items before the shuffle moves int32 ids instead of strings between workers.
+    indexed = users.map_batches(index_items, batch_format="pyarrow", fn_kwargs={"vocab_ids": vocab_ids})
+    written = indexed.groupby("shard", num_partitions=config.num_shards).map_groups(
         write_shard, batch_format="pyarrow",
         fn_kwargs={"vocab_ids": vocab_ids, "config": config, "output_dir": str(output_dir)},
     )

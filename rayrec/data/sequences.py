@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from rayrec.data.config import PrepareConfig
 
-EVENT_ORDER = [("user_id", "ascending"), ("timestamp", "ascending"), ("file_index", "ascending"),
+EVENT_ORDER = [("user_code", "ascending"), ("timestamp", "ascending"), ("file_index", "ascending"),
                ("row_index", "ascending")]
 USER_DROP_REASONS = ("duplicate", "consecutive_repeat", "k_core", "too_short_user")
 SPLITS = ("train", "valid", "test")
@@ -29,8 +29,12 @@ def build_user_rows(events: pa.Table, drop_duplicates: bool, drop_repeats: bool)
     """Order each user's events by (timestamp, file, row) and return one row per user."""
     if events.num_rows == 0:
         return USER_SCHEMA.empty_table()
+    # Sorting by an integer user code is much faster than by the id string. Users come out
+    # in first-seen order, which varies with the input layout, so write_shard sorts by id.
+    user_code = pc.dictionary_encode(events["user_id"].combine_chunks()).indices
+    events = events.append_column("user_code", user_code)
     events = events.take(pc.sort_indices(events, sort_keys=EVENT_ORDER))
-    user_start = _group_starts(events["user_id"])
+    user_start = _group_starts(events["user_code"])
     duplicate = np.zeros(events.num_rows, dtype=bool)
     if drop_duplicates:
         duplicate = _duplicates(events)
@@ -69,10 +73,10 @@ def _group_starts(sorted_ids: pa.ChunkedArray) -> np.ndarray:
 def _duplicates(events: pa.Table) -> np.ndarray:
     """Mark every repeat of a (user, item, timestamp) event after its first in input order."""
     order = pc.sort_indices(events, sort_keys=[
-        ("user_id", "ascending"), ("timestamp", "ascending"), ("item_id", "ascending"),
+        ("user_code", "ascending"), ("timestamp", "ascending"), ("item_id", "ascending"),
         ("file_index", "ascending"), ("row_index", "ascending"),
     ]).to_numpy()
-    keys = events.select(["user_id", "timestamp", "item_id"]).take(pa.array(order))
+    keys = events.select(["user_code", "timestamp", "item_id"]).take(pa.array(order))
     same = np.zeros(len(order), dtype=bool)
     if len(order) > 1:
         same[1:] = True
@@ -194,6 +198,15 @@ def apply_thresholds(batch: pa.Table, low_items: pa.Array, user_min: int, min_le
     return batch.set_column(batch.schema.get_field_index("too_short_user"), "too_short_user", pa.array(too_short_user))
 
 
+def index_items(users: pa.Table, vocab_ids: pa.Array) -> pa.Table:
+    """Replace raw item ids by their vocabulary index (1..N, int32), unless already done."""
+    if pa.types.is_integer(users.schema.field("item_ids").type.value_type):
+        return users
+    offsets, items = list_offsets(users["item_ids"])
+    item_index = pc.cast(pc.add(pc.index_in(items, value_set=vocab_ids), 1), pa.int32())
+    return users.set_column(users.schema.get_field_index("item_ids"), "item_ids", _lists(offsets, item_index))
+
+
 def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, output_dir: str) -> pa.Table:
     """Write the sequences and splits of one shard's users.
 
@@ -204,9 +217,8 @@ def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, out
     users = users.filter(pc.greater(users["length"], 0))
     users = users.take(pc.sort_indices(users, sort_keys=[("user_id", "ascending")]))
 
-    offsets, items = list_offsets(users["item_ids"])
+    offsets, item_index = list_offsets(index_items(users, vocab_ids)["item_ids"])
     _, timestamps = list_offsets(users["timestamps"])
-    item_index = pc.cast(pc.add(pc.index_in(items, value_set=vocab_ids), 1), pa.int32())
     int_lists = pa.list_(pa.int32())
     everything = np.zeros(len(users), dtype=np.int64), np.diff(offsets)
     sequences = pa.table({

@@ -121,6 +121,7 @@ def test_quickstart_end_to_end(ml100k_slice, tmp_path):
     assert "Offline evaluation of the bundle" in result.stdout
     assert '"model_version"' in result.stdout
     assert (out / "bundle" / "config.yaml").exists()
+    assert len(list((out / "runs").glob("*/report.md"))) == 1
 
 
 def test_evaluate_rejects_nonpositive_k(trained, capsys):

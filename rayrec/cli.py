@@ -292,6 +292,10 @@ def _bench_train(args) -> int:
     if args.epochs < 1 or any(workers < 1 for workers in args.workers):
         raise ValueError(f"--epochs ({args.epochs}) and --workers ({args.workers}) must be at least 1.")
     config = _load_run_config(args)
+    # Fail before Ray starts when there is nothing to train on.
+    if not (Path(config.data.output_dir) / "train").exists():
+        raise FileNotFoundError(f"No prepared data at {config.data.output_dir}; run `rayrec prepare` with the same "
+                                "config first, or set data.output_dir.")
     init_ray()
     records = measure_training_throughput(config.data.output_dir, config.model, config.train, args.work_dir,
                                           tuple(args.workers), args.epochs)

@@ -285,3 +285,8 @@ def test_doctor_warns_low_memory_and_disk(monkeypatch):
     assert [check.status for check in disk_checks] == ["warn", "info", "warn"]
     assert "set data.output_dir=PATH" in disk_checks[0].fix
     assert "s3://bucket/runs is remote storage; not checked" in disk_checks[1].detail
+
+
+def test_bench_train_needs_prepared_data(tmp_path, capsys):
+    assert main(["bench", "train", f"data.output_dir={tmp_path / 'missing'}"]) == 2
+    assert f"No prepared data at {tmp_path / 'missing'}; run `rayrec prepare`" in capsys.readouterr().err

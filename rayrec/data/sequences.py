@@ -1,7 +1,7 @@
 """Vectorized per-user steps on Arrow tables: one call handles every user of a shard or batch.
 
 Users are rows with list columns (item_ids, timestamps), so no step calls Python once per
-user. Each user row also carries its own drop counts by reason; a user whose events are all
+user. Each user row also carries its own drop counts by reason. A user whose events are all
 dropped stays as a row of length 0 until the splits are written, so its counts are summed.
 """
 
@@ -173,8 +173,9 @@ def count_items(batch: pa.Table, train_cutoff: int | None = None, split: str = "
 def apply_thresholds(batch: pa.Table, low_items: pa.Array, user_min: int, min_length: int) -> pa.Table:
     """Drop events of `low_items`, then every event of users left below a threshold.
 
-    Users below `min_length` count as too_short_user; users at or above it but below
-    `user_min` (the k-core threshold) count as k_core, as do the events of low items.
+    The events of users below `min_length` count as too_short_user. The events of users
+    below `user_min` (the k-core threshold) but not below `min_length` count as k_core, as
+    do the events of low items.
     """
     if batch.num_rows == 0:
         return USER_SCHEMA.empty_table()

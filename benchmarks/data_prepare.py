@@ -64,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-shards", type=int, default=16, help="data.num_shards for rayrec.")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
     parser.add_argument("--object-store-gb", type=float, default=None, help="Ray object store size in GB (default: Ray's).")
+    parser.add_argument("--shuffle", choices=["hash", "sort"], default="hash",
+                        help="Ray Data shuffle strategy: hash (default) or the sort-based shuffle, which spills.")
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="Stop a run whose summed PSS goes above this many GB and report it as stopped.")
     parser.add_argument("--role", choices=["pandas", "rayrec"], help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -88,6 +92,10 @@ def measure(name: str, args: argparse.Namespace, data_dir: Path) -> dict:
     peak = 0
     while child.poll() is None:
         peak = max(peak, tree_pss(child))
+        if args.max_memory_gb and peak > args.max_memory_gb * 1e9:
+            stop_tree(child)
+            return {"implementation": name, "rows": args.rows, "stopped": f"PSS above {args.max_memory_gb} GB",
+                    "wall_s": round(time.perf_counter() - start, 1), "peak_pss_gb": round(peak / 1e9, 2)}
         time.sleep(0.2)
     wall = time.perf_counter() - start
     output = child.stdout.read().strip().splitlines()
@@ -96,6 +104,15 @@ def measure(name: str, args: argparse.Namespace, data_dir: Path) -> dict:
     details = json.loads(output[-1]) if output else {}
     return {"implementation": name, "rows": args.rows, "wall_s": round(wall, 1),
             "peak_pss_gb": round(peak / 1e9, 2), **details}
+
+
+def stop_tree(process: psutil.Process) -> None:
+    members = [process, *process.children(recursive=True)]
+    for member in members:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            continue
 
 
 def tree_pss(process: psutil.Process) -> int:
@@ -130,11 +147,15 @@ def run_rayrec(args: argparse.Namespace, log_dir: Path, output: Path) -> dict:
 
     object_store = int(args.object_store_gb * 1e9) if args.object_store_gb else None
     ray.init(num_cpus=args.num_cpus, object_store_memory=object_store, include_dashboard=False, log_to_driver=False)
+    if args.shuffle == "sort":
+        from ray.data.context import ShuffleStrategy
+
+        ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     config = PrepareConfig(dataset=None, input_path=str(log_dir), output_dir=str(output), num_shards=args.num_shards)
     stats = prepare(config, list_input_files(str(log_dir)))
     ray.shutdown()
     return {"users": stats.users, "items": stats.items, "interactions": stats.interactions,
-            "prepare_s": stats.wall_time_s}
+            "prepare_s": stats.wall_time_s, "num_shards": args.num_shards, "shuffle": args.shuffle}
 
 
 def run_pandas(log_dir: Path, output: Path) -> dict:

@@ -64,8 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-shards", type=int, default=16, help="data.num_shards for rayrec.")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
     parser.add_argument("--object-store-gb", type=float, default=None, help="Ray object store size in GB (default: Ray's).")
-    parser.add_argument("--shuffle", choices=["hash", "sort"], default="hash",
-                        help="Ray Data shuffle strategy: hash (default) or the sort-based shuffle, which spills.")
+    parser.add_argument("--shuffle", choices=["default", "sort"], default="default",
+                        help="Ray Data shuffle strategy: default (shuffle_v2 in Ray 2.60) or sort_shuffle_pull_based.")
     parser.add_argument("--max-memory-gb", type=float, default=None,
                         help="Stop a run whose summed PSS goes above this many GB and report it as stopped.")
     parser.add_argument("--role", choices=["pandas", "rayrec"], help=argparse.SUPPRESS)

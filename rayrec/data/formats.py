@@ -204,7 +204,8 @@ def _delimited_chunks(config, filesystem, path, label, file_format, delimiter, h
 
     # Every column is read as text; the conversions in normalize_chunk never guess a type.
     read_options = pacsv.ReadOptions(column_names=names, skip_rows=1 if has_header else 0, block_size=CSV_BLOCK_BYTES)
-    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names},
+    # Only an empty field is null: pyarrow's default null markers (NA, null, NaN) are valid ids.
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, null_values=[""],
                                    strings_can_be_null=True, quoted_strings_can_be_null=False)
     with filesystem.open_input_stream(path, compression="detect") as stream:
         try:
@@ -276,13 +277,14 @@ def _multichar_chunks(config, filesystem, path, label, delimiter, has_header, na
             _check_columns(header, config, label, "the header")
         else:
             _check_columns(header, config, label, "data.column_names")
+        line_numbers = [first_line + offset for offset, line in enumerate(lines) if line]
         lines = [line for line in lines if line]
         fields = pc.split_pattern(pa.array(lines, pa.string()), delimiter)
         columns = {}
         for position, name in enumerate(header):
             if name in _wanted_columns(config):
                 columns[name] = pc.list_element(_pad_lists(fields, len(header)), position)
-        yield RawChunk(pa.table(columns), lambda i, start=first_line: f"line {start + i}")
+        yield RawChunk(pa.table(columns), lambda i, numbers=line_numbers: f"line {numbers[i]}")
 
 
 def _pad_lists(fields: pa.ListArray, width: int) -> pa.ListArray:
@@ -429,6 +431,11 @@ def _is_null_or_empty(column: pa.ChunkedArray) -> np.ndarray:
 def _timestamp_column(column: pa.ChunkedArray, timestamp_format: str) -> tuple[np.ndarray, np.ndarray]:
     """Return int64 timestamps and a mask of rows whose value is null or cannot be parsed."""
     rows = len(column)
+    if pa.types.is_timestamp(column.type):
+        unit = "s" if timestamp_format == "seconds" else "ms"
+        values = pc.cast(pc.cast(column, pa.timestamp(unit, tz=column.type.tz), safe=False), pa.int64())
+        bad = pc.is_null(values).to_numpy(zero_copy_only=False)
+        return pc.fill_null(values, 0).to_numpy(zero_copy_only=False), bad
     if timestamp_format == "iso8601":
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             return np.zeros(rows, dtype=np.int64), np.ones(rows, dtype=bool)

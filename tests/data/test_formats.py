@@ -261,3 +261,32 @@ def test_unknown_extension_asks_for_format(tmp_path):
 
     with pytest.raises(InvalidInputError, match="set data.format"):
         read_events(path)
+
+
+def test_csv_null_markers_are_ids(tmp_path):
+    path = tmp_path / "na.csv"
+    path.write_text("user_id,item_id,timestamp\nNA,null,1\n")
+
+    events, _, _ = read_events(path)
+
+    assert triples(events) == [("NA", "null", 1)]
+
+
+def test_parquet_timestamp_type_to_seconds(tmp_path):
+    path = tmp_path / "typed.parquet"
+    moments = pa.array([1714521600123], pa.timestamp("ms", tz="UTC"))
+    pq.write_table(pa.table({"user_id": ["a"], "item_id": ["x"], "timestamp": moments}), path)
+
+    seconds, _, _ = read_events(path)
+    milliseconds, _, _ = read_events(path, timestamp_format="milliseconds")
+
+    assert triples(seconds) == [("a", "x", 1714521600)]
+    assert triples(milliseconds) == [("a", "x", 1714521600123)]
+
+
+def test_ratings_dat_skips_blank_lines_keeps_numbers(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::10::5::100\n\n1::11::4::oops\n")
+
+    with pytest.raises(InvalidInputError, match=r"ratings.dat: line 3, column 'timestamp': value 'oops'"):
+        read_events(path)

@@ -162,7 +162,7 @@ def read_raw_chunks(config: PrepareConfig, filesystem: pafs.FileSystem, path: st
         yield from _delimited_chunks(config, filesystem, path, label, file_format, delimiter, has_header, names)
 
 
-def _wanted_columns(config: PrepareConfig) -> list[str]:
+def _mapped_columns(config: PrepareConfig) -> list[str]:
     columns = config.columns
     names = [columns.user, columns.item]
     if config.format not in ("sequence-lines", "pair-lines"):
@@ -174,7 +174,7 @@ def _wanted_columns(config: PrepareConfig) -> list[str]:
 def _check_columns(found: list[str], config: PrepareConfig, label: str, where: str) -> None:
     roles = {config.columns.user: "user", config.columns.item: "item", config.columns.timestamp: "timestamp",
              config.columns.rating: "rating", config.columns.event_type: "event_type"}
-    for name in _wanted_columns(config):
+    for name in _mapped_columns(config):
         if name not in found:
             raise InvalidInputError(
                 f"{label}: missing column {name!r} (data.columns.{roles[name]}) in {where}; found {', '.join(found) or 'no columns'}. "
@@ -187,7 +187,7 @@ def _parquet_chunks(config: PrepareConfig, filesystem, path: str, label: str) ->
         parquet = pq.ParquetFile(handle)
         _check_columns(parquet.schema_arrow.names, config, label, "the Parquet schema")
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=_wanted_columns(config))
+            table = parquet.read_row_group(group, columns=_mapped_columns(config))
             yield RawChunk(table, lambda i, g=group: f"row group {g}, row {i}")
 
 
@@ -220,7 +220,7 @@ def _delimited_chunks(config, filesystem, path, label, file_format, delimiter, h
         first_line = 2 if has_header else 1
         for batch in _iterate(reader, label):
             table = pa.Table.from_batches([batch]).rename_columns(found)
-            yield RawChunk(table.select(_wanted_columns(config)), lambda i, start=first_line: f"line {start + i}")
+            yield RawChunk(table.select(_mapped_columns(config)), lambda i, start=first_line: f"line {start + i}")
             first_line += batch.num_rows
 
 
@@ -282,7 +282,7 @@ def _multichar_chunks(config, filesystem, path, label, delimiter, has_header, na
         fields = pc.split_pattern(pa.array(lines, pa.string()), delimiter)
         columns = {}
         for position, name in enumerate(header):
-            if name in _wanted_columns(config):
+            if name in _mapped_columns(config):
                 columns[name] = pc.list_element(_pad_lists(fields, len(header)), position)
         yield RawChunk(pa.table(columns), lambda i, numbers=line_numbers: f"line {numbers[i]}")
 
@@ -298,9 +298,9 @@ def _pad_lists(fields: pa.ListArray, width: int) -> pa.ListArray:
 def _jsonl_chunks(config: PrepareConfig, filesystem, path: str, label: str) -> Iterator[RawChunk]:
     # Parsed per line in Python: pyarrow's JSON reader infers a column's type from its first
     # values and then rejects an id that switches from number to text.
-    wanted = _wanted_columns(config)
+    mapped = _mapped_columns(config)
     for first_line, lines in _text_lines(filesystem, path):
-        values: dict[str, list] = {name: [] for name in wanted}
+        values: dict[str, list] = {name: [] for name in mapped}
         line_numbers = []
         for offset, line in enumerate(lines):
             if not line.strip():
@@ -313,7 +313,7 @@ def _jsonl_chunks(config: PrepareConfig, filesystem, path: str, label: str) -> I
                 raise InvalidInputError(f"{label}: line {first_line + offset} is not a JSON object.")
             if not line_numbers:
                 _check_columns(list(record), config, label, f"line {first_line + offset}")
-            for name in wanted:
+            for name in mapped:
                 values[name].append(_json_text(record.get(name)))
             line_numbers.append(first_line + offset)
         table = pa.table({name: pa.array(column, pa.string()) for name, column in values.items()})
@@ -392,8 +392,8 @@ def normalize_chunk(chunk: RawChunk, config: PrepareConfig, label: str, file_ind
 
     if config.event_types is not None:
         event_type = table[columns.event_type]
-        wanted = pc.fill_null(pc.is_in(pc.cast(event_type, pa.string()), pa.array(config.event_types, pa.string())), False)
-        other = keep & ~wanted.to_numpy(zero_copy_only=False)
+        kept_type = pc.fill_null(pc.is_in(pc.cast(event_type, pa.string()), pa.array(config.event_types, pa.string())), False)
+        other = keep & ~kept_type.to_numpy(zero_copy_only=False)
         dropped["event_type_filtered"] += int(other.sum())
         keep &= ~other
 

@@ -296,8 +296,8 @@ def _pad_lists(fields: pa.ListArray, width: int) -> pa.ListArray:
 
 
 def _jsonl_chunks(config: PrepareConfig, filesystem, path: str, label: str) -> Iterator[RawChunk]:
-    # Parsed per line in Python: pyarrow's JSON reader infers a column's type from its first
-    # values and then rejects an id that switches from number to text.
+    # Parsed per line in Python because pyarrow's JSON reader (26.0) rejects a JSON number in a
+    # string column, even with an explicit schema, so ids like 12 and "ab" cannot be mixed.
     mapped = _mapped_columns(config)
     for first_line, lines in _text_lines(filesystem, path):
         values: dict[str, list] = {name: [] for name in mapped}

@@ -7,6 +7,7 @@ for this application: batches must be able to fill, and autoscaling must be able
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -191,12 +192,18 @@ def _health(url: str) -> str:
 
 
 def wait_forever() -> None:
+    """Block until Ctrl+C or SIGTERM, then shut Serve down."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         logger.info("Interrupted; shutting down Serve")
         shutdown()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def shutdown() -> None:

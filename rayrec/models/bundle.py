@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -35,7 +37,7 @@ BUNDLE_FILES = ("model.pt", "bundle.json", "vocab.parquet", "histories.parquet",
 class Bundle:
     """A loaded bundle, ready to score."""
 
-    path: Path
+    path: Path | str  # the directory, or the URI the files were downloaded from
     model: SASRec
     metadata: dict[str, Any]
     item_ids: list[str]  # raw item id by item_index; entry 0 is the padding placeholder
@@ -84,8 +86,36 @@ def write_bundle(
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle directory written by `write_bundle`; the model is in eval mode on CPU."""
-    path = Path(path).expanduser()
+    """Load a bundle written by `write_bundle` from a directory or a pyarrow filesystem URI.
+
+    A URI (`s3://bucket/bundle`, `gs://...`, with pyarrow's query options such as
+    `?endpoint_override=...`) is copied to a temporary directory, read, and deleted again;
+    credentials come from the filesystem's standard sources. The model is in eval mode on CPU.
+    """
+    location = str(path)
+    if "://" in location and not location.startswith("file://"):
+        with tempfile.TemporaryDirectory(prefix="rayrec-bundle-") as local:
+            _download_bundle(location, Path(local))
+            bundle = _load_local_bundle(Path(local))
+        bundle.path = location
+        return bundle
+    return _load_local_bundle(Path(location.removeprefix("file://")).expanduser())
+
+
+def _download_bundle(uri: str, target: Path) -> None:
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    root = root.rstrip("/")
+    infos = filesystem.get_file_info([f"{root}/{name}" for name in BUNDLE_FILES])
+    missing = [name for name, info in zip(BUNDLE_FILES, infos) if info.type != pafs.FileType.File]
+    if missing:
+        raise FileNotFoundError(f"{uri} is not a rayrec bundle: missing {', '.join(missing)}.")
+    for name in BUNDLE_FILES:
+        pafs.copy_files(f"{root}/{name}", str(target / name), source_filesystem=filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+    logger.info("Downloaded bundle files from %s", uri.split("?")[0])
+
+
+def _load_local_bundle(path: Path) -> Bundle:
     missing = [name for name in BUNDLE_FILES if not (path / name).exists()]
     if missing:
         raise FileNotFoundError(

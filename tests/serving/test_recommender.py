@@ -111,3 +111,37 @@ def test_stalled_batch_fails_check_health(replica, monkeypatch):
 
     LOOP.run_until_complete(run())
     replica.check_health()  # healthy again once the batch finished
+
+
+def test_bundle_loads_from_s3_uri(tmp_path, monkeypatch):
+    """A bundle uploaded to an S3-compatible server on 127.0.0.1 loads through its URI."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+    from rayrec.models.bundle import BUNDLE_FILES, load_bundle
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        s3 = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+        s3.create_dir("bundles")
+        local = _tiny_bundle(tmp_path / "local")
+        for name in BUNDLE_FILES:
+            pafs.copy_files(str(local / name), f"bundles/tiny/{name}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=s3)
+        query = f"endpoint_override=127.0.0.1:{port}&scheme=http"
+
+        bundle = load_bundle(f"s3://bundles/tiny?{query}")
+        with pytest.raises(FileNotFoundError, match="missing model.pt"):
+            load_bundle(f"s3://bundles/nothing?{query}")
+    finally:
+        server.stop()
+
+    assert bundle.item_ids[1:] == [f"i{i:02d}" for i in range(1, NUM_ITEMS + 1)]
+    assert bundle.path.startswith("s3://bundles/tiny")
+    assert torch.equal(bundle.model.item_emb.weight, load_bundle(local).model.item_emb.weight)

@@ -109,6 +109,22 @@ def _add_bench_parser(commands) -> None:
     bench_train.add_argument("--output", help="Also write the records as JSON to this file (default: none).")
     bench_train.set_defaults(handler=_bench_train)
 
+    bench_serve = bench_commands.add_parser(
+        "serve", help="Closed-loop load on a running server's POST /recommend (loopback only): throughput, "
+                      "p50/p95/p99 latency and errors per concurrency level.")
+    bench_serve.add_argument("--url", default="http://127.0.0.1:8000",
+                             help="Base URL of the server; only 127.0.0.1 or localhost (default: http://127.0.0.1:8000).")
+    bench_serve.add_argument("--bundle", required=True,
+                             help="Bundle the server runs; its stored histories become the request bodies.")
+    bench_serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128],
+                             help="Concurrent clients per level (default: 1 8 32 128).")
+    bench_serve.add_argument("--max-requests", type=int, default=2000, help="Request bound per level (default: 2000).")
+    bench_serve.add_argument("--max-seconds", type=float, default=15.0,
+                             help="Time bound per level, in seconds (default: 15).")
+    bench_serve.add_argument("--output", help="Also write the results as JSON to this file (default: none).")
+    bench_serve.add_argument("--plot", help="Write a latency histogram PNG of every level to this file (default: none).")
+    bench_serve.set_defaults(handler=_bench_serve)
+
 
 def _add_doctor_parser(commands) -> None:
     doctor = commands.add_parser(
@@ -303,6 +319,28 @@ def _bench_train(args) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+def _bench_serve(args) -> int:
+    from rayrec.models.bundle import load_bundle
+    from rayrec.serving.loadtest import check_loopback, history_bodies, plot_latency, run_load
+
+    check_loopback(args.url)
+    if min(args.concurrency) < 1 or args.max_requests < 1 or args.max_seconds <= 0:
+        raise ValueError("--concurrency, --max-requests and --max-seconds must be positive.")
+    bodies = history_bodies(load_bundle(args.bundle))
+    results = [run_load(args.url, bodies, level, args.max_requests, args.max_seconds) for level in args.concurrency]
+
+    print(f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for result in results:
+        print(f"{result.concurrency:>11} {result.requests:>8} {result.errors:>6} {result.throughput_rps:>8} "
+              f"{result.p50_ms:>8} {result.p95_ms:>8} {result.p99_ms:>8}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps([result.summary() for result in results], indent=2) + "\n")
+    if args.plot:
+        plot_latency({f"concurrency {result.concurrency}": result for result in results}, args.plot)
     return 0
 
 

@@ -318,3 +318,27 @@ def test_prometheus_metrics_exported(server):
             break
         time.sleep(2)
     assert not missing, f"not exported after 60 s: {missing}"
+
+
+def test_bench_serve_measures_levels(server, tmp_path, capsys):
+    from rayrec.cli import main
+
+    output, plot = tmp_path / "load.json", tmp_path / "latency.png"
+    code = main(["bench", "serve", "--url", server["url"], "--bundle", str(server["bundle"].path),
+                 "--concurrency", "1", "4", "--max-requests", "20", "--max-seconds", "10",
+                 "--output", str(output), "--plot", str(plot)])
+
+    assert code == 0
+    levels = json.loads(output.read_text())
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    assert all(level["errors"] == 0 and level["requests"] == 20 for level in levels)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "p99 ms" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "http://169.254.169.254"])
+def test_bench_serve_rejects_non_loopback(url, tmp_path, capsys):
+    from rayrec.cli import main
+
+    assert main(["bench", "serve", "--url", url, "--bundle", str(tmp_path)]) == 2
+    assert "loopback" in capsys.readouterr().err

@@ -63,19 +63,19 @@ def test_missing_bundle_named(tmp_path):
 def test_max_ongoing_below_batch_size(tmp_path):
     path = _edit(tmp_path, "Recommender", max_ongoing_requests=8)
 
-    with pytest.raises(ServeConfigError, match=r"max_ongoing_requests \(8\) is below args.max_batch_size \(16\)"):
+    with pytest.raises(ServeConfigError, match=r"max_ongoing_requests \(8\) is below args.max_batch_size \(32\)"):
         load_serve_config(path, check_bundle=False)
 
 
 def test_default_max_ongoing_below_batch_size(tmp_path):
-    # Ray's default max_ongoing_requests is 5, below the default batch size of 16.
+    # Ray's default max_ongoing_requests is 5, below the shipped batch size of 32.
     path = _edit(tmp_path, "Recommender", max_ongoing_requests=None)
 
     with pytest.raises(ServeConfigError, match=r"max_ongoing_requests \(5\)"):
         load_serve_config(path, check_bundle=False)
 
 
-@pytest.mark.parametrize("target", [32, 40])
+@pytest.mark.parametrize("target", [256, 300])
 def test_autoscaling_target_not_below_max_ongoing(tmp_path, target):
     path = _edit(tmp_path, "Recommender", num_replicas=None,
                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": target})

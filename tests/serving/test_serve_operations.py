@@ -206,7 +206,7 @@ def test_replicas_scale_up_and_down(serve_config, trained):
     from rayrec.serving.deploy import deploy
 
     write, _ = serve_config
-    config = write(num_replicas=None, max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.5}, autoscaling_config={
+    config = write(num_replicas=None, max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5}, autoscaling_config={
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
         "upscale_delay_s": 1, "downscale_delay_s": 2, "look_back_period_s": 2, "metrics_interval_s": 0.5,
     })

@@ -342,3 +342,18 @@ def test_bench_serve_rejects_non_loopback(url, tmp_path, capsys):
 
     assert main(["bench", "serve", "--url", url, "--bundle", str(tmp_path)]) == 2
     assert "loopback" in capsys.readouterr().err
+
+
+def test_readme_curl_examples_succeed(server):
+    """Every `curl ... -d '{...}'` example in README.md gets a 200 from the real app."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().replace("\\\n", " ")
+    examples = [shlex.split(line) for line in readme.splitlines() if line.lstrip().startswith("curl ")]
+    assert len(examples) >= 3
+    for args in examples:
+        path = re.sub(r"^[^/]*", "", args[args.index("-s") + 1])
+        body = json.loads(args[args.index("-d") + 1])
+        response = httpx.post(f"{server['url']}{path}", json=body, timeout=60)
+        assert response.status_code == 200, (path, response.text)

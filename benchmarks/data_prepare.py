@@ -3,9 +3,9 @@
 Both implementations run the same steps: read Parquet, build the sorted item vocabulary,
 order each user's events by time, build sequences and the leave-one-out split, and write
 Parquet. The pandas baseline is a straightforward single-process script. Each runs in its
-own child process while this script samples memory every 0.2 s: the summed PSS (proportional
-set size, so shared object-store pages count once) of the child and all its descendants,
-which for rayrec are every Ray process the run starts.
+own child process while this script samples memory every 0.2 s. Memory is the summed PSS
+(proportional set size, so shared object-store pages count once) of the child and all its
+descendants, which for rayrec are every Ray process the run starts.
 
     python benchmarks/data_prepare.py --rows 20000000 --data-dir /tmp/rayrec-bench/ml20m
     python benchmarks/data_prepare.py --rows 200000000 --files 200 --skip pandas \
@@ -159,7 +159,7 @@ def run_rayrec(args: argparse.Namespace, log_dir: Path, output: Path) -> dict:
 
 
 def run_pandas(log_dir: Path, output: Path) -> dict:
-    """The single-process baseline: the same steps, written the obvious way with pandas."""
+    """Run the same steps as a plain single-process pandas script (the baseline)."""
     import shutil
 
     import numpy as np

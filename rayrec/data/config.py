@@ -73,9 +73,9 @@ class PrepareConfig:
         self._check_split()
 
         if self.min_rating is not None and self.columns.rating is None:
-            raise ValueError("data.min_rating needs data.columns.rating, the column that holds the rating.")
+            raise ValueError("data.min_rating needs data.columns.rating, the input column with the rating.")
         if self.event_types is not None and self.columns.event_type is None:
-            raise ValueError("data.event_types needs data.columns.event_type, the column that holds the event type.")
+            raise ValueError("data.event_types needs data.columns.event_type, the input column with the event type.")
         if self.k_core is not None and self.k_core < 1:
             raise ValueError(f"data.k_core ({self.k_core}) must be at least 1, or null to turn k-core filtering off.")
         if self.max_len is not None and self.max_len < 1:

@@ -362,7 +362,7 @@ class ChunkResult:
 
 def normalize_chunk(chunk: RawChunk, config: PrepareConfig, label: str, file_index: int, first_row: int,
                     num_shards: int) -> ChunkResult:
-    """Type, check and filter one raw chunk; raise or count bad rows as `config.on_invalid` says."""
+    """Type, check and filter one raw chunk; raise on or count bad rows per `config.on_invalid`."""
     table = chunk.table
     rows = table.num_rows
     columns = config.columns

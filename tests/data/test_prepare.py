@@ -194,7 +194,7 @@ def test_temporal_split_and_no_leakage(ray_local, tmp_path):
     assert valid == {"u1": (["p", "q"], "r")}
     assert test == {"u1": (["p", "q", "r"], "s"), "u2": (["p"], "w")}
     assert popularity == {"p": 2, "q": 1, "r": 0, "s": 0, "t": 0, "v": 0, "w": 0, "z": 0}
-    # Nothing used for training or for excluding seen items in validation holds a later event.
+    # Training data and the seen items excluded in validation contain no later event.
     evaluation_targets = {target for _, target in [*valid.values(), *test.values()]}
     assert not evaluation_targets & {item for items in train.values() for item in items}
     assert not {"r", "s", "t", "w"} & {item for history, _ in valid.values() for item in history}
@@ -202,7 +202,7 @@ def test_temporal_split_and_no_leakage(ray_local, tmp_path):
     assert stats.splits == {"train": 2, "valid": 1, "test": 2}
 
 
-def test_leave_one_out_training_data_holds_no_evaluation_event(ray_local, tmp_path):
+def test_leave_one_out_no_leakage(ray_local, tmp_path):
     rows = [("a", "i1", 1), ("a", "i2", 2), ("a", "v1", 3), ("a", "t1", 4),
             ("b", "i1", 1), ("b", "i3", 2), ("b", "v2", 3), ("b", "t2", 4)]
 

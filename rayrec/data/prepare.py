@@ -14,7 +14,7 @@ Steps, each a streaming Ray Data stage:
 5. Group users by shard again and write one Parquet file per shard and split.
 
 Every dropped row is counted by reason, so `rows_read == interactions + sum(dropped.values())`
-always holds, and every output is the same, byte for byte, whatever the number of input
+always holds, and every Parquet output is the same, byte for byte, whatever the number of input
 files, blocks or workers.
 
 Output directory layout:

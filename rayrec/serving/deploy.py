@@ -2,6 +2,9 @@
 
 Serve itself checks the types in a config. `check_rayrec_app` adds the rules that matter
 for this application: batches must be able to fill, and autoscaling must be able to scale up.
+
+NOTE: `serve run` and `serve deploy` skip these deployment-level checks (they see only
+`args`, which `build_app` validates); run `rayrec serve --check --config FILE` first.
 """
 
 from __future__ import annotations

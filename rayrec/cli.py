@@ -120,7 +120,7 @@ def _add_bench_parser(commands) -> None:
                              help="Concurrent clients per level (default: 1 8 32 128).")
     bench_serve.add_argument("--max-requests", type=int, default=2000, help="Request bound per level (default: 2000).")
     bench_serve.add_argument("--max-seconds", type=float, default=15.0,
-                             help="Time bound per level, in seconds (default: 15).")
+                             help="Time bound per level, in seconds (default: 15.0).")
     bench_serve.add_argument("--output", help="Also write the results as JSON to this file (default: none).")
     bench_serve.add_argument("--plot", help="Write a latency histogram PNG of every level to this file (default: none).")
     bench_serve.set_defaults(handler=_bench_serve)

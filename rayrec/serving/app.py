@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 HEALTHZ_TIMEOUT_S = 5.0
 REQUEST_LOG_INTERVAL_S = 60.0
+ROUTES = ("/recommend", "/recommend/batch", "/healthz", "/model", "/docs", "/openapi.json")
 
 
 class AppArgs(BaseModel):
@@ -77,7 +78,10 @@ class BodyLimitAndMetrics:
                 return
             await self.app(scope, _replay(body, receive), send_and_record)
         finally:
-            path = scope.get("path", "")
+            # Unknown paths share one label, so random URLs cannot create unbounded metric series.
+            path = scope.get("path", "") if scope.get("path", "") in ROUTES else "other"
+            if status["code"] >= 500:
+                logger.error("%s %s answered %d", scope.get("method"), path, status["code"])
             metrics.http_requests().inc(tags={"path": path, "status": str(status["code"])})
             metrics.http_latency_ms().observe((time.perf_counter() - start) * 1000, tags={"path": path})
             _REQUEST_LOG.record(status["code"])

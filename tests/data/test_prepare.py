@@ -223,7 +223,7 @@ def _digests(folder):
             for path in sorted(folder.rglob("*.parquet"))}
 
 
-def test_outputs_byte_identical_for_one_or_many_files(ray_local, tmp_path):
+def test_outputs_byte_identical_any_layout(ray_local, tmp_path):
     from conftest import write_interactions
 
     whole = write_interactions(tmp_path / "whole.parquet", num_users=25, seed=3)
@@ -238,12 +238,22 @@ def test_outputs_byte_identical_for_one_or_many_files(ray_local, tmp_path):
     many = prepare(PrepareConfig(dataset=None, input_path="x", output_dir=str(tmp_path / "many"), num_shards=3),
                    list_input_files(str(parts)))
 
+    context = ray_local.data.DataContext.get_current()
+    previous = context.target_max_block_size
+    context.target_max_block_size = 2048  # bytes, so every step splits its output into many blocks
+    try:
+        prepare(PrepareConfig(dataset=None, input_path="x", output_dir=str(tmp_path / "small_blocks"), num_shards=3),
+                list_input_files(str(parts)))
+    finally:
+        context.target_max_block_size = previous
+
     assert one.interactions == many.interactions == whole.num_rows
     assert len(many.rows_read_per_file) > 1
     assert sum(many.rows_read_per_file.values()) == whole.num_rows
     digests = _digests(tmp_path / "one")
     assert len([name for name in digests if name.startswith("train/")]) == 3
     assert digests == _digests(tmp_path / "many")
+    assert digests == _digests(tmp_path / "small_blocks")
 
 
 def test_prepare_null_id_error_names_file_and_row(ray_local, tmp_path):

@@ -300,3 +300,28 @@ def test_prepare_csv_directory_with_rating_filter(ray_local, tmp_path):
     assert list(stats.rows_read_per_file.values()) == [3, 2]
     assert pq.read_table(tmp_path / "out" / "sequences")["user_id"].to_pylist() == ["007"]
     assert pq.read_table(tmp_path / "out" / "vocab.parquet")["item_id"].to_pylist() == ["01", "03", "04", "05"]
+
+
+def test_outputs_byte_identical_any_worker_count(ray_local, tmp_path):
+    """A second Ray with 1 CPU (so Ray Data runs one task at a time) writes the same bytes as this 2-CPU one."""
+    import subprocess
+    import sys
+
+    from conftest import write_interactions
+
+    write_interactions(tmp_path / "log.parquet", num_users=25, seed=4)
+    prepare(PrepareConfig(dataset=None, input_path="x", output_dir=str(tmp_path / "two_cpus"), num_shards=3),
+            list_input_files(str(tmp_path / "log.parquet")))
+    script = (
+        "import ray\n"
+        "from rayrec.data.config import PrepareConfig\n"
+        "from rayrec.data.prepare import list_input_files, prepare\n"
+        "ray.init(num_cpus=1, include_dashboard=False)\n"
+        f"prepare(PrepareConfig(dataset=None, input_path='x', output_dir={str(tmp_path / 'one_cpu')!r}, num_shards=3),"
+        f" list_input_files({str(tmp_path / 'log.parquet')!r}))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, capture_output=True)
+
+    digests = _digests(tmp_path / "two_cpus")
+    assert len(digests) > 3
+    assert digests == _digests(tmp_path / "one_cpu")

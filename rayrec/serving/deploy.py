@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 APP_READY_TIMEOUT_S = 300
 RAYREC_IMPORT_PATH = "rayrec.serving.app:build_app"
-DEPLOYMENTS = ("Recommender", "Ingress")
+DEPLOYMENTS = ("Recommender",)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 

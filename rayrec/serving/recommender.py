@@ -1,7 +1,6 @@
-"""The recommender deployment: loads a bundle, swaps it on `user_config` changes, scores in batches."""
+"""The recommender deployment: answers HTTP, loads a bundle, swaps it on `user_config` changes, scores in batches."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.
 import asyncio
 import logging
 import os
@@ -9,13 +8,15 @@ import time
 from typing import Literal
 
 import torch
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from rayrec.models.bundle import Bundle, load_bundle
 from rayrec.models.recommend import Query, popular_items, rank_queries, resolve_query
 from rayrec.serving import metrics
-from rayrec.serving.schemas import RecommendRequest, RecommendResponse
+from rayrec.serving.http import HEALTHZ_TIMEOUT_S, api
+from rayrec.serving.schemas import RecommendBatchRequest, RecommendBatchResponse, RecommendRequest, RecommendResponse
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,27 @@ def load_source(source: ModelSource, device: torch.device) -> Bundle:
     return bundle
 
 
+
+# Defined above the deployment class: Serve's ingress wrapper copies the module globals when it decorates.
+def _rank_by_bundle(requests: list[tuple[Bundle, Query]]) -> list[list[tuple[int, float]]]:
+    """Rank each query with the bundle it was resolved against; a batch spans two bundles only during a swap."""
+    results: list[list[tuple[int, float]] | None] = [None] * len(requests)
+    groups: dict[int, list[int]] = {}
+    for position, (bundle, _) in enumerate(requests):
+        groups.setdefault(id(bundle), []).append(position)
+
+    for positions in groups.values():
+        bundle = requests[positions[0]][0]
+        ranked = rank_queries(bundle, [requests[p][1] for p in positions])
+        for position, row in zip(positions, ranked):
+            results[position] = row
+    return results
+
+
 @serve.deployment
+@serve.ingress(api)
 class Recommender:
-    """Scores batches of queries with one forward pass each.
+    """Answers the HTTP routes and scores batches of queries with one forward pass each.
 
     Every request is resolved against the bundle that is current when it arrives and is
     scored by that same bundle, so a swap never mixes two vocabularies in one answer.
@@ -68,6 +87,7 @@ class Recommender:
         self.source: ModelSource | None = None
         self.last_load_error: dict | None = None
         self.batch_started_at: float | None = None
+        self.stalled_batch_s = STALLED_BATCH_S
         self.swap_lock = asyncio.Lock()
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -123,8 +143,8 @@ class Recommender:
     def check_health(self) -> None:
         """Called by Serve every few seconds; a stalled batch marks the replica unhealthy."""
         started = self.batch_started_at
-        if started is not None and time.monotonic() - started > STALLED_BATCH_S:
-            raise RuntimeError(f"a batch has been running for more than {STALLED_BATCH_S:.0f} s")
+        if started is not None and time.monotonic() - started > self.stalled_batch_s:
+            raise RuntimeError(f"a batch has been running for more than {self.stalled_batch_s:.0f} s")
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         bundle = self.bundle
@@ -156,24 +176,37 @@ class Recommender:
         finally:
             self.batch_started_at = None
 
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend_route(self, request: RecommendRequest) -> RecommendResponse:
+        """Top-k items for one user id or history."""
+        return await self.recommend(request)
+
+    @api.post("/recommend/batch", response_model=RecommendBatchResponse)
+    async def recommend_batch_route(self, batch: RecommendBatchRequest) -> RecommendBatchResponse:
+        """Top-k items for several requests; they join this replica's batches together."""
+        return RecommendBatchResponse(results=await asyncio.gather(*[self.recommend(r) for r in batch.requests]))
+
+    @api.get("/healthz")
+    async def healthz_route(self) -> dict:
+        """200 when this replica scores a one-item history within a few seconds, else 503."""
+        try:
+            healthy = await asyncio.wait_for(self.healthz(), HEALTHZ_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            logger.error("Health check failed: no score within %.0f s", HEALTHZ_TIMEOUT_S)
+            raise HTTPException(status_code=503, detail=f"the model did not score within {HEALTHZ_TIMEOUT_S:.0f} s")
+        if not healthy:
+            logger.error("Health check failed: the model returned invalid scores")
+            raise HTTPException(status_code=503, detail="the model returned invalid scores")
+        return {"status": "ok"}
+
+    @api.get("/model")
+    async def model_route(self) -> dict:
+        """Version, training date, dataset and metrics of the bundle being served, and the last failed load."""
+        return self.metadata()
+
     @staticmethod
     def _count_unknowns(query: Query) -> None:
         if query.unknown_user:
             metrics.unknown_ids().inc(tags={"kind": "user"})
         if query.unknown_items:
             metrics.unknown_ids().inc(len(query.unknown_items), tags={"kind": "item"})
-
-
-def _rank_by_bundle(requests: list[tuple[Bundle, Query]]) -> list[list[tuple[int, float]]]:
-    """Rank each query with the bundle it was resolved against; a batch spans two bundles only during a swap."""
-    results: list[list[tuple[int, float]] | None] = [None] * len(requests)
-    groups: dict[int, list[int]] = {}
-    for position, (bundle, _) in enumerate(requests):
-        groups.setdefault(id(bundle), []).append(position)
-
-    for positions in groups.values():
-        bundle = requests[positions[0]][0]
-        ranked = rank_queries(bundle, [requests[p][1] for p in positions])
-        for position, row in zip(positions, ranked):
-            results[position] = row
-    return results

@@ -38,26 +38,27 @@ def _tiny_bundle(path, dataset="tiny"):
     )
 
 
+def _recommender_class():
+    """The user class under Serve's deployment and FastAPI ingress wrappers, whose __init__ is async."""
+    wrapped = recommender_module.Recommender.func_or_class
+    return next(cls for cls in wrapped.__mro__
+                if getattr(cls.__dict__.get("__init__"), "__module__", None) == recommender_module.__name__)
+
+
 @pytest.fixture
 def replica(tmp_path, monkeypatch):
-    # Metrics need a Ray worker; in-process they would fail, so record nothing here.
-    class Silent:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: self
-
-    monkeypatch.setattr(recommender_module, "metrics", Silent())
     # The batch queue looks up its replica's max_ongoing_requests, which exists only inside Serve.
     from ray.serve import batching
 
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    cls = recommender_module.Recommender.func_or_class
+    cls = _recommender_class()
     instance = cls(max_batch_size=4, batch_wait_timeout_s=0.001, torch_threads=1, device="cpu")
     LOOP.run_until_complete(instance.reconfigure({"bundle_path": str(_tiny_bundle(tmp_path / "a"))}))
     return instance
 
 
 def test_first_load_failure_raises(tmp_path):
-    cls = recommender_module.Recommender.func_or_class
+    cls = _recommender_class()
     instance = cls(device="cpu")
 
     with pytest.raises(FileNotFoundError, match="not a rayrec bundle"):
@@ -91,8 +92,8 @@ def test_healthz_and_recommend(replica):
     assert not {"i01", "i02"} & {item.item_id for item in response.items}
 
 
-def test_stalled_batch_fails_check_health(replica, monkeypatch):
-    monkeypatch.setattr(recommender_module, "STALLED_BATCH_S", 0.2)
+def test_stalled_batch_fails_check_health(replica):
+    replica.stalled_batch_s = 0.2
     original = replica.bundle.model.score_last
 
     def slow(item_ids):

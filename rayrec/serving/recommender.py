@@ -176,17 +176,17 @@ class Recommender:
         finally:
             self.batch_started_at = None
 
-    @api.post("/recommend", response_model=RecommendResponse)
+    @api.post("/recommend", response_model=RecommendResponse, summary="Recommend")
     async def recommend_route(self, request: RecommendRequest) -> RecommendResponse:
         """Top-k items for one user id or history."""
         return await self.recommend(request)
 
-    @api.post("/recommend/batch", response_model=RecommendBatchResponse)
+    @api.post("/recommend/batch", response_model=RecommendBatchResponse, summary="Recommend Batch")
     async def recommend_batch_route(self, batch: RecommendBatchRequest) -> RecommendBatchResponse:
         """Top-k items for several requests; they join this replica's batches together."""
         return RecommendBatchResponse(results=await asyncio.gather(*[self.recommend(r) for r in batch.requests]))
 
-    @api.get("/healthz")
+    @api.get("/healthz", summary="Healthz")
     async def healthz_route(self) -> dict:
         """200 when this replica scores a one-item history within a few seconds, else 503."""
         try:
@@ -199,7 +199,7 @@ class Recommender:
             raise HTTPException(status_code=503, detail="the model returned invalid scores")
         return {"status": "ok"}
 
-    @api.get("/model")
+    @api.get("/model", summary="Model")
     async def model_route(self) -> dict:
         """Version, training date, dataset and metrics of the bundle being served, and the last failed load."""
         return self.metadata()

@@ -1,4 +1,4 @@
-"""The recommender deployment: answers HTTP, loads a bundle, swaps it on `user_config` changes, scores in batches."""
+"""The recommender deployment: serves the HTTP routes, loads a bundle, swaps it on `user_config` changes, scores in batches."""
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.
 import asyncio
@@ -34,11 +34,11 @@ class ModelSource(BaseModel):
 
 
 def pick_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
-    """Resolve the `device` argument: `auto` means CUDA when this replica sees a GPU."""
+    """Resolve the `device` argument: `auto` means CUDA when this replica has a GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("args.device is cuda, but this replica sees no GPU; request one with "
+        raise ValueError("args.device is cuda, but this replica has no GPU; request one with "
                          "ray_actor_options.num_gpus or set args.device to auto.")
     return torch.device(device)
 
@@ -73,7 +73,7 @@ def _rank_by_bundle(requests: list[tuple[Bundle, Query]]) -> list[list[tuple[int
 @serve.deployment
 @serve.ingress(api)
 class Recommender:
-    """Answers the HTTP routes and scores batches of queries with one forward pass each.
+    """Serves the HTTP routes and scores batches of queries with one forward pass each.
 
     Every request is resolved against the bundle that is current when it arrives and is
     scored by that same bundle, so a swap never mixes two vocabularies in one answer.
@@ -103,7 +103,7 @@ class Recommender:
             await self._swap(user_config)
 
     async def _swap(self, user_config: dict) -> None:
-        # Load in a thread, so this replica keeps answering with the old bundle until the new one is ready.
+        # Load in a thread, so this replica keeps serving the old bundle until the new one is ready.
         try:
             source = ModelSource.model_validate(user_config)
             bundle = await asyncio.to_thread(load_source, source, self.device)

@@ -146,3 +146,13 @@ def test_bundle_loads_from_s3_uri(tmp_path, monkeypatch):
     assert bundle.item_ids[1:] == [f"i{i:02d}" for i in range(1, NUM_ITEMS + 1)]
     assert bundle.path.startswith("s3://bundles/tiny")
     assert torch.equal(bundle.model.item_emb.weight, load_bundle(local).model.item_emb.weight)
+
+
+def test_device_choice_on_cpu_machine():
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only path")
+
+    assert recommender_module.pick_device("auto").type == "cpu"
+    assert recommender_module.pick_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="has no GPU"):
+        recommender_module.pick_device("cuda")

@@ -108,7 +108,7 @@ def _download_bundle(uri: str, target: Path) -> None:
     infos = filesystem.get_file_info([f"{root}/{name}" for name in BUNDLE_FILES])
     missing = [name for name, info in zip(BUNDLE_FILES, infos) if info.type != pafs.FileType.File]
     if missing:
-        raise FileNotFoundError(f"{uri} is not a rayrec bundle: missing {', '.join(missing)}.")
+        raise FileNotFoundError(f"{uri.split('?')[0]} is not a rayrec bundle: missing {', '.join(missing)}.")
     for name in BUNDLE_FILES:
         pafs.copy_files(f"{root}/{name}", str(target / name), source_filesystem=filesystem,
                         destination_filesystem=pafs.LocalFileSystem())

@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 STALLED_BATCH_S = 30.0
 
 
+def _without_query(location: str) -> str:
+    """Drop a URI's query options, which may carry credentials (pyarrow accepts `?secret_key=...`)."""
+    return str(location).split("?", 1)[0]
+
+
 class ModelSource(BaseModel):
     """The Recommender's Serve `user_config`: which bundle to serve. Changing it swaps the model."""
 
@@ -47,7 +52,7 @@ def load_source(source: ModelSource, device: torch.device) -> Bundle:
     """Load and check the bundle named by `source`, with its model on `device`."""
     bundle = load_bundle(source.bundle_path)
     if source.version is not None and bundle.version != source.version:
-        raise ValueError(f"the bundle at {source.bundle_path} has version {bundle.version}, but user_config.version "
+        raise ValueError(f"the bundle at {_without_query(source.bundle_path)} has version {bundle.version}, but user_config.version "
                          f"is {source.version}; fix the version or the path.")
     bundle.model.to(device)
     return bundle
@@ -108,11 +113,10 @@ class Recommender:
             source = ModelSource.model_validate(user_config)
             bundle = await asyncio.to_thread(load_source, source, self.device)
         except Exception as err:  # noqa: BLE001 - any load failure must leave the old model serving
-            self.last_load_error = {"bundle_path": str(user_config.get("bundle_path")), "error": str(err),
-                                    "at": time.time()}
+            location = _without_query(user_config.get("bundle_path"))
+            self.last_load_error = {"bundle_path": location, "error": str(err), "at": time.time()}
             metrics.bundle_load_failures().inc()
-            logger.error("Failed to load bundle %s: %s; still serving %s", user_config.get("bundle_path"), err,
-                         self.bundle.version)
+            logger.error("Failed to load bundle %s: %s; still serving %s", location, err, self.bundle.version)
             return
         self._activate(bundle, source)
 
@@ -122,12 +126,12 @@ class Recommender:
         if previous is not None:
             metrics.model_version().set(0, tags={"version": previous.version})
         metrics.model_version().set(1, tags={"version": bundle.version})
-        logger.info("Serving bundle %s from %s on %s (pid %d)", bundle.version, source.bundle_path, self.device,
-                    os.getpid())
+        logger.info("Serving bundle %s from %s on %s (pid %d)", bundle.version, _without_query(source.bundle_path),
+                    self.device, os.getpid())
 
     def metadata(self) -> dict:
         info = {key: self.bundle.metadata.get(key) for key in ("version", "created_at", "dataset", "model", "metrics")}
-        info["bundle_path"] = self.source.bundle_path
+        info["bundle_path"] = _without_query(self.source.bundle_path)
         info["max_len"] = self.bundle.model.config.max_len
         info["num_items"] = len(self.bundle.item_ids) - 1
         info["last_load_error"] = self.last_load_error

@@ -89,8 +89,8 @@ def load_bundle(path: str | Path) -> Bundle:
     """Load a bundle written by `write_bundle` from a directory or a pyarrow filesystem URI.
 
     A URI (`s3://bucket/bundle`, `gs://...`, with pyarrow's query options such as
-    `?endpoint_override=...`) is copied to a temporary directory, read, and deleted again;
-    credentials come from the filesystem's standard sources. The model is in eval mode on CPU.
+    `?endpoint_override=...`) is copied to a temporary directory, read, and deleted again.
+    Credentials come from the filesystem's standard sources. The model is in eval mode on CPU.
     """
     location = str(path)
     if "://" in location and not location.startswith("file://"):

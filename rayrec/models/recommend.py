@@ -38,7 +38,7 @@ def resolve_query(bundle: Bundle, user_id: str | None, history: Sequence[str] | 
     """Map raw ids to item indices; a given history takes precedence over the stored one.
 
     Ids in `exclude_items` or `allowed_items` that are not in the vocabulary can never be
-    recommended, so they are ignored; unknown history ids are reported in `unknown_items`.
+    recommended, so they are ignored. Unknown history ids are reported in `unknown_items`.
     """
     unknown: list[str] = []
     unknown_user = False

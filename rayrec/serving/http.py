@@ -1,6 +1,6 @@
 """The HTTP layer of the Serve app: the FastAPI object, a body-size limit, metrics and error bodies.
 
-The recommender deployment declares its routes on `api`; this module holds what wraps them.
+The recommender deployment declares its routes on `api`; this module contains what wraps them.
 """
 
 import logging
@@ -51,7 +51,7 @@ class BodyLimitAndMetrics:
             # Unknown paths share one label, so random URLs cannot create unbounded metric series.
             path = scope.get("path", "") if scope.get("path", "") in ROUTES else "other"
             if status["code"] >= 500:
-                logger.error("%s %s answered %d", scope.get("method"), path, status["code"])
+                logger.error("%s %s returned status %d", scope.get("method"), path, status["code"])
             metrics.http_requests().inc(tags={"path": path, "status": str(status["code"])})
             metrics.http_latency_ms().observe((time.perf_counter() - start) * 1000, tags={"path": path})
             _REQUEST_LOG.record(status["code"])

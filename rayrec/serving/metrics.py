@@ -34,7 +34,7 @@ def batch_size() -> Histogram:
 
 @cache
 def fallbacks() -> Counter:
-    return Counter("rayrec_fallbacks", description="Requests without a known history, answered with popular items.")
+    return Counter("rayrec_fallbacks", description="Requests without a known history, for which the most popular items were returned.")
 
 
 @cache

@@ -81,7 +81,7 @@ class Recommender:
     """Serves the HTTP routes and scores batches of queries with one forward pass each.
 
     Every request is resolved against the bundle that is current when it arrives and is
-    scored by that same bundle, so a swap never mixes two vocabularies in one answer.
+    scored by that same bundle, so a swap never mixes two vocabularies in one response.
     """
 
     def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005, torch_threads: int = 1,

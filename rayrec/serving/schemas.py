@@ -67,7 +67,7 @@ class RecommendRequest(BaseModel):
 
 
 class RecommendBatchRequest(BaseModel):
-    """Body of `POST /recommend/batch`: several recommend requests answered in one call."""
+    """Body of `POST /recommend/batch`: several recommend requests in one call."""
 
     model_config = ConfigDict(extra="forbid")
 

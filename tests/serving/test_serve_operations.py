@@ -54,7 +54,7 @@ class Traffic:
 
     def __init__(self, url: str, users: list[str], clients: int, max_s: float):
         self.url, self.users, self.clients, self.max_s = url, users, clients, max_s
-        self.results: list[tuple[float, int, str | None]] = []  # (time, status or 0 for no answer, version)
+        self.results: list[tuple[float, int, str | None]] = []  # (time, status or 0 for no response, version)
         self.stop = threading.Event()
 
     async def _client(self, client: httpx.AsyncClient, offset: int) -> None:

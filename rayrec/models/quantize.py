@@ -1,0 +1,43 @@
+"""Dynamic int8 quantization of a model's nn.Linear layers for CPU inference.
+
+`torch.ao.quantization.quantize_dynamic` stores each nn.Linear weight as int8 and quantizes
+activations per batch at run time. Embeddings, LayerNorm and the catalog scoring (a matmul
+with the item embedding table) stay float32. Any model works, whatever Linear layers it has.
+
+NOTE: torch 2.13 marks `torch.ao.quantization` as deprecated in favour of torchao; it still
+works there, and torchao would be a new dependency.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Quantize = Literal["none", "int8"]
+QUANTIZE_MODES = ("none", "int8")
+
+
+def quantize_model(model: nn.Module, mode: Quantize) -> nn.Module:
+    """Return `model` itself for `none`, or an int8 copy of it for `int8`; the model must be on CPU."""
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize {mode!r} is invalid; use one of {', '.join(QUANTIZE_MODES)}.")
+    if mode == "none":
+        return model
+
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"quantize int8 runs on CPU only, but the model is on {device}; "
+                         "set quantize to none or device to cpu.")
+    linear_layers = sum(isinstance(module, nn.Linear) for module in model.modules())
+    if linear_layers == 0:
+        raise ValueError(f"quantize int8 found no nn.Linear layer in {type(model).__name__}; set quantize to none.")
+
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    quantized.eval()
+    logger.info("Quantized %d nn.Linear layer(s) of %s to int8", linear_layers, type(model).__name__)
+    return quantized

@@ -1,4 +1,4 @@
-"""The `rayrec` command line: fetch data, prepare, train, evaluate, serve, recommend, benchmark and check."""
+"""The `rayrec` command line: fetch data, prepare, train, evaluate, serve, recommend, batch-recommend, benchmark and check."""
 
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Allow items from the history in the results (default: off, they are left out).")
     recommend.set_defaults(handler=_recommend)
 
+    _add_batch_recommend_parser(commands)
+
     quickstart = commands.add_parser(
         "quickstart",
         help="Fetch ml-100k, prepare, train, evaluate, serve on 127.0.0.1 and send one HTTP request.",
@@ -88,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_doctor_parser(commands)
     return parser
+
+
+def _add_batch_recommend_parser(commands) -> None:
+    batch = commands.add_parser(
+        "batch-recommend", help="Offline top-k for every user of a bundle, written to Parquet with Ray Data.")
+    batch.add_argument("--bundle", required=True, help="Bundle directory or URI written by `rayrec train` (required).")
+    batch.add_argument("--output", required=True,
+                       help="Output directory or URI for the Parquet files; replaced if it exists (required).")
+    batch.add_argument("-k", "--k", type=int, default=10, help="Number of items per user (default: 10).")
+    batch.add_argument("--users", help="Text file with one user id per line, or Parquet with a user_id column "
+                                       "(default: every user stored in the bundle).")
+    batch.add_argument("--include-seen", action="store_true",
+                       help="Allow items from a user's history in the results (default: off, they are left out).")
+    batch.add_argument("--actors", type=int, default=1, help="Scoring actors running at once (default: 1).")
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0,
+                       help="CPUs each scoring actor reserves, and its torch threads (default: 1.0).")
+    batch.add_argument("--batch-size", type=int, default=256, help="Users ranked per forward pass (default: 256).")
+    batch.set_defaults(handler=_batch_recommend)
 
 
 def _add_bench_parser(commands) -> None:
@@ -273,6 +293,24 @@ def _recommend(args) -> int:
         "unknown_user": query.unknown_user,
         "truncated": query.truncated,
     }, indent=2))
+    return 0
+
+
+def _batch_recommend(args) -> int:
+    from dataclasses import asdict
+
+    from rayrec.inference.batch import BatchRecommendConfig, batch_recommend, check_bundle
+
+    config = BatchRecommendConfig(bundle=args.bundle, output=args.output, k=args.k, users_path=args.users,
+                                  exclude_seen=not args.include_seen, batch_size=args.batch_size,
+                                  num_actors=args.actors, num_cpus=args.cpus_per_actor)
+    # A wrong path fails here, before Ray starts.
+    check_bundle(config.bundle)
+    init_ray()
+    stats = batch_recommend(config)
+    print(json.dumps(asdict(stats), indent=2))
+    print(f"Wrote {stats.rows_written} rows to {config.output.split('?')[0]} "
+          f"({stats.unknown_users} of {stats.users_in} requested users not in the bundle)")
     return 0
 
 

@@ -190,6 +190,8 @@ FIELD_DOCS: dict[str, str] = {
     "data.valid_cutoff": "Temporal split: events from this time on (integer in the timestamp unit, or ISO-8601) are validation.",
     "data.test_cutoff": "Temporal split: events from this time on are test; must be later than valid_cutoff.",
     "data.num_shards": "Number of Parquet files written per split.",
+    "data.pseudonymize_users": "Write every user id as HMAC-SHA256 of the id with a secret key (32 hex characters), never the raw id.",
+    "data.user_id_key_file": "File with the secret key for pseudonymize_users; null reads the key from $RAYREC_USER_ID_KEY.",
     "model.max_len": "Longest history the model reads, in items; longer training sequences are cut into windows of this length.",
     "model.hidden_size": "Width of item embeddings and Transformer layers; must be divisible by num_heads.",
     "model.num_layers": "Number of Transformer blocks.",

@@ -65,6 +65,11 @@ class PrepareConfig:
     test_cutoff: int | str | None = None
     num_shards: int = 8
 
+    # With pseudonymize_users, every user id is written as HMAC-SHA256(key, id) (see
+    # rayrec/data/privacy.py). The key comes from user_id_key_file or $RAYREC_USER_ID_KEY.
+    pseudonymize_users: bool = False
+    user_id_key_file: str | None = None
+
     def __post_init__(self) -> None:
         if isinstance(self.columns, dict):
             self.columns = ColumnMapping(**self.columns)
@@ -80,6 +85,9 @@ class PrepareConfig:
             raise ValueError(f"data.k_core ({self.k_core}) must be at least 1, or null to turn k-core filtering off.")
         if self.max_len is not None and self.max_len < 1:
             raise ValueError(f"data.max_len ({self.max_len}) must be at least 1, or null to keep whole histories.")
+        if self.user_id_key_file is not None and not self.pseudonymize_users:
+            raise ValueError("data.user_id_key_file is set but data.pseudonymize_users is false; set "
+                             "data.pseudonymize_users: true to hash user ids, or remove the key file setting.")
         if self.num_shards < 1:
             raise ValueError(f"data.num_shards ({self.num_shards}) must be at least 1.")
         if self.delimiter is not None and self.delimiter in ("", "\n", "\r"):

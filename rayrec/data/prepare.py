@@ -57,6 +57,7 @@ from rayrec.data.config import PrepareConfig
 from rayrec.data.formats import (
     INVALID_REASONS, InputFiles, InvalidInputError, list_input_files, normalize_chunk, read_raw_chunks,
 )
+from rayrec.data.privacy import pseudonymize_column, require_user_id_key, schema_metadata, user_id_info
 from rayrec.data.sequences import (
     SPLITS, USER_DROP_REASONS, apply_thresholds, build_user_rows, count_items, index_items, write_shard,
 )
@@ -86,6 +87,7 @@ class PrepareStats:
     dropped_per_file: dict[str, dict[str, int]] = field(default_factory=dict)
     k_core_iterations: int = 0
     split: str = "leave_one_out"
+    user_ids: dict[str, str] | None = None  # scheme and key fingerprint when user ids are pseudonymised
 
 
 @ray.remote(num_cpus=0)
@@ -106,13 +108,15 @@ def prepare(config: PrepareConfig, input_files: InputFiles | list[str]) -> Prepa
     """Run the preprocessing pipeline and write the splits and report to `config.output_dir`."""
     start = time.perf_counter()
     files = input_files if isinstance(input_files, InputFiles) else _local_files(input_files)
+    # Read the key before touching the output, so a missing key fails fast and changes nothing.
+    user_id_key = require_user_id_key(config.user_id_key_file, "data.pseudonymize_users") if config.pseudonymize_users else None
     output_dir = _reset_output_dir(config.output_dir)
     logger.info("Preparing %d input file(s) into %s", len(files.paths), output_dir)
 
     counter = _ReadCounts.remote()
     try:
         users = _run("read, group by user and drop short users",
-                     lambda: _drop_short_users(_read_users(files, config, counter), config).materialize())
+                     lambda: _drop_short_users(_read_users(files, config, counter, user_id_key), config).materialize())
     except Exception:
         # Ray Data's shuffle fails on a dataset without blocks, so empty input surfaces here.
         _check_not_empty(files, ray.get(counter.get.remote()))
@@ -126,9 +130,11 @@ def prepare(config: PrepareConfig, input_files: InputFiles | list[str]) -> Prepa
     users, iterations = _filter_users(users, config)
     items = _run("count items", lambda: _item_counts(users, config))
     vocab_ids = _write_vocab(items, output_dir)
-    summary = _run("write splits", lambda: _write_outputs(users, vocab_ids, config, output_dir))
+    metadata = schema_metadata(user_id_key) if user_id_key is not None else None
+    summary = _run("write splits", lambda: _write_outputs(users, vocab_ids, config, output_dir, metadata))
 
     stats = _build_stats(config, summary, rows_per_file, drops_per_file, len(vocab_ids), iterations)
+    stats.user_ids = user_id_info(pa.schema([], metadata=metadata))
     stats.wall_time_s = round(time.perf_counter() - start, 2)
     _check_accounting(stats)
     (output_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
@@ -190,12 +196,12 @@ def _find_invalid_input(err: BaseException) -> str | None:
     return None
 
 
-def _read_users(files: InputFiles, config: PrepareConfig, counter) -> ray.data.Dataset:
+def _read_users(files: InputFiles, config: PrepareConfig, counter, user_id_key: bytes | None) -> ray.data.Dataset:
     listing = [{"file_index": i, "path": path, "label": label}
                for i, (path, label) in enumerate(zip(files.paths, files.labels))]
     events = ray.data.from_items(listing, override_num_blocks=max(1, min(len(listing), 1000))).map_batches(
         _read_files, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"config": config, "filesystem": files.filesystem, "counter": counter},
+        fn_kwargs={"config": config, "filesystem": files.filesystem, "counter": counter, "user_id_key": user_id_key},
     )
     return events.groupby("shard", num_partitions=config.num_shards).map_groups(
         build_user_rows, batch_format="pyarrow",
@@ -203,7 +209,8 @@ def _read_users(files: InputFiles, config: PrepareConfig, counter) -> ray.data.D
     )
 
 
-def _read_files(batch: pa.Table, config: PrepareConfig, filesystem: pafs.FileSystem, counter) -> Iterator[pa.Table]:
+def _read_files(batch: pa.Table, config: PrepareConfig, filesystem: pafs.FileSystem, counter,
+                user_id_key: bytes | None) -> Iterator[pa.Table]:
     for entry in batch.to_pylist():
         rows, dropped = 0, Counter()
         for chunk in read_raw_chunks(config, filesystem, entry["path"], entry["label"]):
@@ -211,8 +218,16 @@ def _read_files(batch: pa.Table, config: PrepareConfig, filesystem: pafs.FileSys
             rows += chunk.table.num_rows
             dropped.update(result.dropped)
             if result.events.num_rows:
-                yield result.events
+                yield _pseudonymize_events(result.events, user_id_key)
         ray.get(counter.record.remote(entry["file_index"], rows, dict(dropped)))
+
+
+def _pseudonymize_events(events: pa.Table, user_id_key: bytes | None) -> pa.Table:
+    # Hashing right after reading keeps raw user ids out of Ray's object store and its spill files.
+    if user_id_key is None:
+        return events
+    column = events.schema.get_field_index("user_id")
+    return events.set_column(column, "user_id", pseudonymize_column(user_id_key, events["user_id"]))
 
 
 def _drop_short_users(users: ray.data.Dataset, config: PrepareConfig) -> ray.data.Dataset:
@@ -274,15 +289,16 @@ def _write_vocab(items: pa.Table, output_dir: Path) -> pa.Array:
     return item_ids
 
 
-def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: PrepareConfig, output_dir: Path) -> pa.Table:
+def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: PrepareConfig, output_dir: Path,
+                   metadata: dict[bytes, bytes] | None) -> pa.Table:
     # Indexing items before the shuffle moves int32 ids instead of strings between workers.
     indexed = users.map_batches(index_items, batch_format="pyarrow", fn_kwargs={"vocab_ids": vocab_ids})
     written = indexed.groupby("shard", num_partitions=config.num_shards).map_groups(
         write_shard, batch_format="pyarrow",
-        fn_kwargs={"vocab_ids": vocab_ids, "config": config, "output_dir": str(output_dir)},
+        fn_kwargs={"vocab_ids": vocab_ids, "config": config, "output_dir": str(output_dir), "schema_metadata": metadata},
     )
     tables = [table for table in ray.get(written.to_arrow_refs()) if table.num_rows]
-    _write_empty_splits(output_dir)
+    _write_empty_splits(output_dir, metadata)
     if not tables:
         return pa.table({"length": pa.array([], pa.int64()),
                          **{reason: pa.array([], pa.int64()) for reason in USER_DROP_REASONS},
@@ -290,7 +306,7 @@ def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: Prepare
     return pa.concat_tables(tables)
 
 
-def _write_empty_splits(output_dir: Path) -> None:
+def _write_empty_splits(output_dir: Path, metadata: dict[bytes, bytes] | None) -> None:
     # A split with no rows at all still gets one empty file, so readers find its schema.
     int_list = pa.list_(pa.int32())
     schemas = {
@@ -301,7 +317,7 @@ def _write_empty_splits(output_dir: Path) -> None:
     }
     for name, schema in schemas.items():
         if not any((output_dir / name).iterdir()):
-            pq.write_table(schema.empty_table(), output_dir / name / "part-00000.parquet")
+            pq.write_table(schema.with_metadata(metadata).empty_table(), output_dir / name / "part-00000.parquet")
 
 
 def _build_stats(config, summary, rows_per_file, drops_per_file, items, iterations) -> PrepareStats:

@@ -208,8 +208,9 @@ def index_items(users: pa.Table, vocab_ids: pa.Array) -> pa.Table:
     return users.set_column(users.schema.get_field_index("item_ids"), "item_ids", _lists(offsets, item_index))
 
 
-def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, output_dir: str) -> pa.Table:
-    """Write the sequences and splits of one shard's users.
+def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, output_dir: str,
+                schema_metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    """Write the sequences and splits of one shard's users, with `schema_metadata` on every file.
 
     Returns one row per user, dropped ones included: length, drops by reason and split flags.
     """
@@ -231,7 +232,7 @@ def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, out
 
     for name, table in tables.items():
         if table.num_rows:
-            pq.write_table(table, f"{output_dir}/{name}/part-{shard:05d}.parquet")
+            pq.write_table(table.replace_schema_metadata(schema_metadata), f"{output_dir}/{name}/part-{shard:05d}.parquet")
     kept = pa.table({
         "length": pa.array(np.diff(offsets)),
         **{reason: users[reason] for reason in USER_DROP_REASONS},

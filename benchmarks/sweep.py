@@ -24,7 +24,6 @@ from rayrec.models.sasrec import SASRec, SequenceBatch
 from rayrec.models.scoring import pad_histories
 from rayrec.training.evaluate import ranking_sums_for_rows
 from rayrec.training.loop import length_bucketed_batches, training_windows
-from rayrec.training.metrics import metrics_from_sums
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
 
     sequences = [np.asarray(x) for x in pq.read_table(f"{args.prepared}/train")["item_ids"].to_pylist()]
     if settings.get("windows") == "1":
-        sequences = training_windows(sequences, config.max_len)
+        sequences = training_windows(sequences, config.max_len + 1)
     splits = {split: _read_split(args.prepared, split) for split in ("valid", "test")}
     num_items = pq.read_metadata(f"{args.prepared}/vocab.parquet").num_rows
 
@@ -102,7 +101,7 @@ def _loss(model: SASRec, item_ids: torch.Tensor, per_user: bool) -> torch.Tensor
 
 def _ndcg(model: SASRec, split) -> float:
     histories, targets = split
-    return metrics_from_sums(ranking_sums_for_rows(model, histories, targets, 10), 10, "")["ndcg@10"]
+    return ranking_sums_for_rows(model, histories, targets, (10,)).metrics("")["ndcg@10"]
 
 
 if __name__ == "__main__":

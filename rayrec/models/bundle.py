@@ -1,8 +1,9 @@
 """The model bundle: the one directory that training writes and serving loads.
 
 Layout:
-    model.pt           state_dict of the best SASRec (load with weights_only=True)
-    bundle.json        model config, catalog size, version, dataset, creation time, metrics
+    model.pt           state_dict of the best SASRec or BERT4Rec, loaded with weights_only=True
+    bundle.json        model config, catalog size, version, dataset, creation time, metrics, and
+                       `user_ids`: null, or the pseudonym scheme and key fingerprint (never the key)
     vocab.parquet      item_index (1..N) and raw item_id (string)
     histories.parquet  user_id and item_ids (list<int32>, oldest first): each user's full history
     popularity.parquet item_index and count over the training split, most popular first
@@ -25,8 +26,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from rayrec.data.privacy import user_id_info
 from rayrec.models.config import ModelConfig
-from rayrec.models.sasrec import SASRec
+from rayrec.models.factory import build_model
+from rayrec.models.transformer import SequenceRecommender
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Bundle:
     """A loaded bundle, ready to score."""
 
     path: Path | str  # the directory, or the URI the files were downloaded from
-    model: SASRec
+    model: SequenceRecommender
     metadata: dict[str, Any]
     item_ids: list[str]  # raw item id by item_index; entry 0 is the padding placeholder
     item_index: dict[str, int]
@@ -61,8 +64,20 @@ def write_bundle(
     popularity: pa.Table,
     metrics: dict[str, float],
     dataset: str,
-) -> Path:
-    """Write a bundle directory and return its path."""
+) -> Path | str:
+    """Write a bundle directory, or upload one to a pyarrow filesystem URI, and return where it went.
+
+    A URI (`s3://bucket/bundle`, with pyarrow's query options) gets the files of a temporary
+    local bundle, bundle.json last, so a reader that finds bundle.json finds every other file.
+    """
+    location = str(path)
+    if "://" in location and not location.startswith("file://"):
+        with tempfile.TemporaryDirectory(prefix="rayrec-bundle-") as local:
+            write_bundle(local, state_dict=state_dict, model_config=model_config, num_items=num_items, vocab=vocab,
+                         histories=histories, popularity=popularity, metrics=metrics, dataset=dataset)
+            _upload_bundle(Path(local), location)
+        return location
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     created_at = datetime.now(timezone.utc)
@@ -79,10 +94,23 @@ def write_bundle(
         "model_config": dataclasses.asdict(model_config),
         "num_items": num_items,
         "metrics": metrics,
+        "user_ids": user_id_info(histories.schema),
     }
     (path / "bundle.json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("Wrote bundle %s to %s", metadata["version"], path)
     return path
+
+
+def _upload_bundle(local: Path, uri: str) -> None:
+    # NOTE: files are replaced one at a time, so a replica loading from the same URI during an
+    # upload can read old and new files together; upload each new bundle to a new URI.
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    root = root.rstrip("/")
+    filesystem.create_dir(root, recursive=True)
+    for name in sorted(BUNDLE_FILES, key=lambda name: name == "bundle.json"):
+        pafs.copy_files(str(local / name), f"{root}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=filesystem)
+    logger.info("Uploaded the bundle to %s", uri.split("?")[0])
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -123,7 +151,7 @@ def _load_local_bundle(path: Path) -> Bundle:
         )
 
     metadata = json.loads((path / "bundle.json").read_text())
-    model = SASRec(ModelConfig(**metadata["model_config"]), metadata["num_items"])
+    model = build_model(ModelConfig(**metadata["model_config"]), metadata["num_items"])
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
 
@@ -133,6 +161,8 @@ def _load_local_bundle(path: Path) -> Bundle:
         raise ValueError(f"{path / 'vocab.parquet'}: item_index must run 1..N in order.")
 
     histories_table = pq.read_table(path / "histories.parquet")
+    # Bundles written before pseudonymisation existed have no `user_ids`; their schema says the same.
+    metadata["user_ids"] = user_id_info(histories_table.schema)
     histories = {
         user: np.asarray(items, dtype=np.int64)
         for user, items in zip(histories_table["user_id"].to_pylist(), histories_table["item_ids"].to_pylist())

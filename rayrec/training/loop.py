@@ -7,6 +7,7 @@ every worker reloads the best weights and evaluates validation and test once mor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,11 +25,12 @@ import torch
 import torch.distributed as dist
 
 from rayrec.models.config import ModelConfig
-from rayrec.models.sasrec import PADDING_ID, SASRec, SequenceBatch
+from rayrec.models.factory import build_model
 from rayrec.models.scoring import pad_histories
+from rayrec.models.transformer import SequenceRecommender
 from rayrec.training.config import TrainConfig
 from rayrec.training.evaluate import ranking_sums_for_rows
-from rayrec.training.metrics import metrics_from_sums
+from rayrec.training.metrics import reported_ks
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +56,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     _setup_worker(rank, loop_config["torch_threads"], config.seed)
 
-    model = ray.train.torch.prepare_model(SASRec(model_config, loop_config["num_items"]))
+    model = ray.train.torch.prepare_model(build_model(model_config, loop_config["num_items"]))
     module = model.module if hasattr(model, "module") else model
-    torch.manual_seed(config.seed + rank)  # dropout noise differs per rank
     device = ray.train.torch.get_device()
+    autocast_dtype = autocast_dtype_for(config.precision, device)
     per_worker_batch = config.batch_size // world_size
     k = config.eval_k
-    sequences = training_windows(read_shard("train", ["item_ids"])["item_ids"], model_config.max_len)
+    ks = reported_ks(k)
+    sequences = training_windows(read_shard("train", ["item_ids"])["item_ids"], module.training_window)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
-    steps_per_epoch = _max_over_workers(len(length_bucketed_batches(sequences, per_worker_batch, np.random.default_rng(0))))
-    scheduler = build_lr_scheduler(optimizer, config, total_steps=steps_per_epoch * config.max_epochs)
+    # Every worker runs the same number of batches per epoch, the largest shard's count.
+    batches_per_epoch = _max_over_workers(math.ceil(len(sequences) / per_worker_batch))
+    optimizer_steps = math.ceil(batches_per_epoch / config.grad_accumulation_steps)
+    scheduler = build_lr_scheduler(optimizer, config, total_steps=optimizer_steps * config.max_epochs)
     state, best_weights = _restore(module, optimizer, scheduler)
     if best_weights is None:
         best_weights = _copy_weights(module)
     splits = {split: read_shard(split, ["history", "target"]) for split in ("valid", "test")}
-    logger.info("Rank %d shard: %d training windows, %d validation users, %d test users", rank,
-                len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]))
+    logger.info("Rank %d shard: %d training windows, %d validation users, %d test users; %s, %s autocast",
+                rank, len(sequences), len(splits["valid"]["target"]), len(splits["test"]["target"]),
+                model_config.architecture, autocast_dtype or "no")
 
     for epoch in range(state.next_epoch, config.max_epochs):
         start = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, scheduler, config, sequences, model_config.max_len,
-                                  per_worker_batch, epoch, device)
+        # Seeding per (seed, epoch, rank) makes a resumed epoch draw the same dropout and masks.
+        torch.manual_seed(_epoch_seed(config.seed, epoch, rank))
+        train_loss = _train_epoch(model, optimizer, scheduler, config, sequences, module, per_worker_batch,
+                                  batches_per_epoch, epoch, device, autocast_dtype)
         train_time_s = time.perf_counter() - start
-        valid = _evaluate(module, splits["valid"], k, prefix="valid_")
+        valid = _evaluate(module, splits["valid"], ks, "valid_", config, rank)
 
         ndcg = valid[f"valid_ndcg@{k}"]
         if ndcg > state.best_ndcg:
@@ -92,9 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.history.append({"epoch": epoch, "train_loss": train_loss, **valid, "train_time_s": train_time_s,
                               "epoch_time_s": metrics["epoch_time_s"]})
         logger.info(
-            "epoch %d | loss %.4f | valid NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f | best %.4f (epoch %d) | %.1f s",
+            "epoch %d | loss %.4f | valid NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f%s | best %.4f (epoch %d) | %.1f s",
             epoch, train_loss, k, ndcg, k, valid[f"valid_hr@{k}"], k, valid[f"valid_mrr@{k}"],
-            state.best_ndcg, state.best_epoch, metrics["epoch_time_s"],
+            _sampled_note(valid, "valid_", k), state.best_ndcg, state.best_epoch, metrics["epoch_time_s"],
         )
         _report(metrics, module, optimizer, scheduler, state, best_weights, rank)
         if state.epochs_without_improvement >= config.patience:
@@ -103,16 +111,41 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     module.load_state_dict(best_weights)
     final = {
-        **_evaluate(module, splits["valid"], k, prefix="valid_"),
-        **_evaluate(module, splits["test"], k, prefix="test_"),
+        **_evaluate(module, splits["valid"], ks, "valid_", config, rank),
+        **_evaluate(module, splits["test"], ks, "test_", config, rank),
         "best_epoch": state.best_epoch,
         "epochs_trained": state.next_epoch,
         "final": True,
     }
-    logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f", state.best_epoch,
-                k, final[f"test_ndcg@{k}"], k, final[f"test_hr@{k}"], k, final[f"test_mrr@{k}"])
+    logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f%s", state.best_epoch,
+                k, final[f"test_ndcg@{k}"], k, final[f"test_hr@{k}"], k, final[f"test_mrr@{k}"],
+                _sampled_note(final, "test_", k))
     # The final report carries a checkpoint too, so Ray Train's result contains these metrics.
     _report(final, module, optimizer, scheduler, state, best_weights, rank)
+
+
+def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for `precision` on `device`, or None for plain fp32.
+
+    `auto` picks bf16 only on a CUDA device that supports it: on CPUs bf16 autocast is slower
+    than fp32 for these small matrices, and fp16 would need loss scaling.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _sampled_note(metrics: dict[str, float], prefix: str, k: int) -> str:
+    key = f"{prefix}sampled_ndcg@{k}"
+    return f" (sampled NDCG@{k} {metrics[key]:.4f})" if key in metrics else ""
 
 
 def _setup_worker(rank: int, torch_threads: int, seed: int) -> None:
@@ -156,64 +189,70 @@ def build_lr_scheduler(optimizer, config: TrainConfig, total_steps: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_epoch(model, optimizer, scheduler, config: TrainConfig, sequences: list[np.ndarray], max_len: int,
-                 batch_size: int, epoch: int, device) -> float:
-    """Train one pass over this worker's sequences and return the mean loss over all workers."""
+def _train_epoch(model, optimizer, scheduler, config: TrainConfig, sequences: list[np.ndarray],
+                 module: SequenceRecommender, batch_size: int, num_batches: int, epoch: int, device,
+                 autocast_dtype: torch.dtype | None) -> float:
+    """Train one pass over this worker's sequences and return the mean loss over all workers.
+
+    Every worker runs `num_batches` batches. A worker whose shard is smaller steps on a
+    zero-weight batch, so the gradient all-reduces stay matched and nothing hangs.
+    """
     model.train()
     rank = ray.train.get_context().get_world_rank()
     rng = np.random.default_rng([config.seed, epoch, rank])
-    batches = iter(length_bucketed_batches(sequences, batch_size, rng))
-    loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, number of real steps]
-    step, interval_start = 0, time.perf_counter()
-    sequences_in_interval = 0
+    batches = length_bucketed_batches(sequences, batch_size, rng)
+    accumulation = config.grad_accumulation_steps
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, number of real batches]
+    interval_start, sequences_in_interval = time.perf_counter(), 0
 
-    while True:
-        batch = next(batches, None)
-        # Shards may differ in size: every worker keeps stepping until all are done, and a
-        # worker without data steps on a zero-weight batch so the gradient all-reduce matches.
-        if not _any_worker_has_data(batch is not None):
-            break
-        item_ids = _training_sequences(batch, max_len) if batch is not None else None
-        weight = 1.0
-        if item_ids is None or not bool((item_ids[:, 1:] != PADDING_ID).any()):
+    for step in range(num_batches):
+        if step < len(batches):
+            item_ids, weight = pad_histories(batches[step], module.training_window), 1.0
+        else:
             item_ids, weight = torch.ones((1, 2), dtype=torch.int64), 0.0
+        batch = module.training_batch(item_ids.to(device))
+        is_update = (step + 1) % accumulation == 0 or step == num_batches - 1
 
-        inputs, targets = item_ids[:, :-1].to(device), item_ids[:, 1:].to(device)
-        _, loss = model(SequenceBatch(item_ids=inputs, target_ids=targets))
-        optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        if config.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-        optimizer.step()
-        scheduler.step()
+        # Between optimizer steps DDP must not all-reduce; it does so on the step's last backward.
+        sync = model.no_sync() if hasattr(model, "no_sync") and not is_update else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                _, loss = model(batch)
+            (loss * weight / accumulation).backward()
+        if is_update:
+            if config.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
 
         if weight:
             loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            sequences_in_interval += inputs.shape[0]
-        step += 1
-        if step % config.log_every_n_steps == 0:
+            sequences_in_interval += item_ids.shape[0]
+        if (step + 1) % config.log_every_n_steps == 0:
             elapsed = time.perf_counter() - interval_start
-            logger.info("epoch %d step %d | loss %.4f | %.1f ms/step | %.0f sequences/s (this worker)",
-                        epoch, step, loss.item(), 1000 * elapsed / config.log_every_n_steps,
+            logger.info("epoch %d step %d/%d | loss %.4f | %.1f ms/step | %.0f sequences/s (this worker)",
+                        epoch, step + 1, num_batches, loss.item(), 1000 * elapsed / config.log_every_n_steps,
                         sequences_in_interval / max(elapsed, 1e-9))
             interval_start, sequences_in_interval = time.perf_counter(), 0
 
-    _all_reduce_sum(loss_sum)
+    _all_reduce(loss_sum)
     return float(loss_sum[0] / max(loss_sum[1], 1.0))
 
 
-def training_windows(sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
-    """Cut each training sequence into windows of up to max_len + 1 items, newest first.
+def training_windows(sequences: list[np.ndarray], window: int) -> list[np.ndarray]:
+    """Cut each training sequence into windows of up to `window` items, newest first.
 
-    Consecutive windows share one item, so every event after a user's first is a target
-    exactly once. Without this, events older than the last max_len would never be trained on.
+    Consecutive windows share one item, so with SASRec's window (max_len + 1) every event
+    after a user's first is a target exactly once. Without this, events older than the last
+    max_len would never be trained on.
     """
     windows = []
     for sequence in sequences:
         end = len(sequence)
         while end > 1:
-            windows.append(sequence[max(0, end - max_len - 1):end])
-            end -= max_len
+            windows.append(sequence[max(0, end - window):end])
+            end -= window - 1
     return windows
 
 
@@ -233,11 +272,6 @@ def length_bucketed_batches(sequences: list[np.ndarray], batch_size: int, rng: n
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _training_sequences(item_lists: list[np.ndarray], max_len: int) -> torch.Tensor:
-    # Inputs are items[:-1] and targets items[1:], so keep max_len + 1 items.
-    return pad_histories(item_lists, max_len + 1)
-
-
 def read_shard(split: str, columns: list[str]) -> dict[str, list]:
     """Read this worker's whole shard of `split` from Ray Data into memory.
 
@@ -252,30 +286,31 @@ def read_shard(split: str, columns: list[str]) -> dict[str, list]:
     return rows
 
 
-def _evaluate(module: SASRec, rows: dict[str, list], k: int, prefix: str) -> dict[str, float]:
-    """Full-ranking metrics at k over every user of a split, summed over all workers."""
-    sums = ranking_sums_for_rows(module, rows["history"], rows["target"], k)
-    _all_reduce_sum(sums)
-    return metrics_from_sums(sums, k, prefix)
+def _evaluate(module: SequenceRecommender, rows: dict[str, list], ks: tuple[int, ...], prefix: str,
+              config: TrainConfig, rank: int) -> dict[str, float]:
+    """Full-ranking metrics over every user of a split, with counts summed over all workers."""
+    sums = ranking_sums_for_rows(module, rows["history"], rows["target"], ks,
+                                 sampled_negatives=config.eval_sampled_negatives, seed=config.seed + rank)
+    for values in sums.tensors():
+        _all_reduce(values)
+    sums.recommended = (sums.recommended > 0).to(torch.float64)
+    return sums.metrics(prefix)
 
 
 def _max_over_workers(value: int) -> int:
-    tensor = torch.tensor([float(value)])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    _all_reduce(tensor, dist.ReduceOp.MAX if dist.is_available() else None)
     return int(tensor.item())
 
 
-def _any_worker_has_data(has_data: bool) -> bool:
-    flag = torch.tensor([1.0 if has_data else 0.0])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
-def _all_reduce_sum(values: torch.Tensor) -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+def _all_reduce(values: torch.Tensor, op=None) -> None:
+    """All-reduce a CPU tensor in place (sum by default); nccl needs it on the GPU for the call."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    device = ray.train.torch.get_device()
+    on_device = values.to(device)
+    dist.all_reduce(on_device, op=op if op is not None else dist.ReduceOp.SUM)
+    values.copy_(on_device.cpu())
 
 
 def _copy_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -294,6 +329,7 @@ def _report(metrics, module, optimizer, scheduler, state: TrainState, best_weigh
                 "scheduler": scheduler.state_dict(),
                 "train_state": asdict(state),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             }, Path(folder) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -310,6 +346,8 @@ def _restore(module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainState,
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
+    if saved.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
     state = TrainState(**saved["train_state"])
     logger.info("Resumed from checkpoint at epoch %d (best epoch %d)", state.next_epoch, state.best_epoch)
     return state, saved["best_model"]

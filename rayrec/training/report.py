@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from rayrec.models.scoring import mask_items
-from rayrec.training.metrics import metrics_from_sums, ranking_sums, target_ranks
+from rayrec.training.metrics import METRIC_NAMES, metrics_from_sums, ranking_sums, reported_ks, target_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ BATCH_SIZE = 1024
 
 
 def popularity_baseline(prepared_dir: str | Path, split: str = "test", k: int = 10) -> dict[str, float]:
-    """HR, NDCG and MRR at k of ranking items by training-split popularity, on `split`.
+    """HR, NDCG and MRR at 5, 10, 20 and k of ranking items by training-split popularity, on `split`.
 
     Same protocol as the model: full ranking over all items, each user's earlier items
     excluded. Equally popular items are ordered by item index, so no two scores tie.
@@ -50,14 +50,15 @@ def popularity_baseline(prepared_dir: str | Path, split: str = "test", k: int = 
     histories = [np.asarray(history, dtype=np.int64) for history in table["history"].to_pylist()]
     targets = table["target"].to_numpy().astype(np.int64)
 
-    sums = torch.zeros(4, dtype=torch.float64)
+    ks = reported_ks(k)
+    sums = torch.zeros(3 * len(ks) + 1, dtype=torch.float64)
     for start in range(0, len(targets), BATCH_SIZE):
         batch_targets = torch.as_tensor(targets[start:start + BATCH_SIZE])
         batch_histories = histories[start:start + BATCH_SIZE]
         logits = scores.repeat(len(batch_targets), 1)  # (B, N + 1)
         mask_items(logits, [h[h != t] for h, t in zip(batch_histories, batch_targets.tolist())])
-        sums += ranking_sums(target_ranks(logits, batch_targets), k)
-    return metrics_from_sums(sums, k, prefix=f"{split}_")
+        sums += ranking_sums(target_ranks(logits, batch_targets), ks)
+    return metrics_from_sums(sums, ks, prefix=f"{split}_")
 
 
 def _popularity_scores(prepared_dir: Path, num_items: int) -> torch.Tensor:
@@ -164,15 +165,28 @@ def _curves_section(history: list[dict[str, float]], k: int) -> str:
 
 
 def _test_section(test_metrics: dict[str, Any], baseline_metrics: dict[str, float], k: int) -> str:
-    rows = [
-        (f"{name.upper()}@{k}", f"{test_metrics[f'test_{name}@{k}']:.4f}", f"{baseline_metrics[f'test_{name}@{k}']:.4f}")
-        for name in ("ndcg", "hr", "mrr")
-    ]
+    rows = []
+    for cutoff in reported_ks(k):
+        for name in METRIC_NAMES:
+            key = f"{name}@{cutoff}"
+            rows.append((f"{name.upper()}@{cutoff}", _cell(test_metrics, f"test_{key}"),
+                         _cell(test_metrics, f"test_unfiltered_{key}"), _cell(test_metrics, f"test_sampled_{key}"),
+                         _cell(baseline_metrics, f"test_{key}")))
+    coverage = [key for key in test_metrics if key.startswith("test_coverage@")]
     note = (f"Best epoch {test_metrics.get('best_epoch')} (0-based, chosen by validation NDCG@{k}) of "
-            f"{test_metrics.get('epochs_trained')} trained; {test_metrics.get('test_users')} test users. The baseline "
-            "ranks items by their count in the training split, with the same protocol: full ranking, each user's "
-            "earlier items excluded.")
-    return "## Test metrics\n\n" + _table(["metric", "model", "most popular"], rows) + "\n\n" + note
+            f"{test_metrics.get('epochs_trained')} trained; {test_metrics.get('test_users')} test users. "
+            "The model column is full ranking over all items with each user's earlier items excluded; "
+            "the unfiltered column keeps them; the sampled column (only with eval_sampled_negatives > 0) ranks the "
+            "target against sampled unseen items and overstates quality. The most-popular baseline ranks items by "
+            "their count in the training split under the model column's protocol.")
+    if coverage:
+        note += f" Catalog coverage of the top-{coverage[0].split('@')[1]} lists: {test_metrics[coverage[0]]:.4f}."
+    header = ["metric", "model", "model, seen items kept", "model, sampled", "most popular"]
+    return "## Test metrics\n\n" + _table(header, rows) + "\n\n" + note
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    return f"{metrics[key]:.4f}" if key in metrics else "-"
 
 
 def _timing_section(stage_times_s: dict[str, float | None]) -> str:

@@ -26,10 +26,10 @@ from rayrec.training.trainer import train
 logger = logging.getLogger(__name__)
 
 
-def count_training_sequences(prepared_dir: str | Path, max_len: int) -> int:
+def count_training_sequences(prepared_dir: str | Path, window: int) -> int:
     """Training windows per epoch: what one epoch feeds the model, summed over all workers."""
     item_lists = pq.read_table(Path(prepared_dir) / "train", columns=["item_ids"])["item_ids"].to_pylist()
-    return len(training_windows([np.asarray(items) for items in item_lists], max_len))
+    return len(training_windows([np.asarray(items) for items in item_lists], window))
 
 
 def measure_training_throughput(
@@ -45,7 +45,7 @@ def measure_training_throughput(
     The first epoch of each run is left out of the means when there is more than one, because
     it includes start-up costs such as Ray Data's first read.
     """
-    sequences = count_training_sequences(prepared_dir, model_config.max_len)
+    sequences = count_training_sequences(prepared_dir, model_config.training_window)
     records = []
     for workers in worker_counts:
         config = dataclasses.replace(

@@ -12,11 +12,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from rayrec import storage
 from rayrec.models.bundle import write_bundle
 from rayrec.models.config import ModelConfig
 from rayrec.training.config import TrainConfig
@@ -30,8 +32,17 @@ BLOCKS_PER_WORKER = 8
 
 
 @dataclass
+class _Prepared:
+    """A prepared-data folder: its filesystem, the path inside it, and the location shown in messages."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    shown: str
+
+
+@dataclass
 class TrainOutput:
-    bundle_dir: Path
+    bundle_dir: Path | str  # a local folder, or the URI the bundle was uploaded to
     metrics: dict[str, Any]
     run_dir: str
     wall_time_s: float
@@ -63,14 +74,14 @@ def train(
     config: TrainConfig,
     dataset_name: str,
 ) -> TrainOutput:
-    """Train SASRec on a prepared directory with Ray Train and write the bundle.
+    """Train the configured model on a prepared directory with Ray Train and write the bundle.
 
     Expects Ray to be initialized (`ray.init()` locally, or a job on a cluster).
     """
     start = time.perf_counter()
-    prepared_dir = Path(prepared_dir)
-    _check_prepared(prepared_dir)
-    num_items = pq.read_metadata(prepared_dir / "vocab.parquet").num_rows
+    prepared = _Prepared(*storage.resolve(prepared_dir), shown=storage.without_query(prepared_dir))
+    _check_prepared(prepared)
+    num_items = pq.read_metadata(f"{prepared.path}/vocab.parquet", filesystem=prepared.filesystem).num_rows
 
     cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
     resources = plan_worker_resources(config, cluster_cpus)
@@ -79,8 +90,8 @@ def train(
         config.num_workers, resources.cpus_per_worker, resources.torch_threads, resources.free_cpus, cluster_cpus,
     )
 
-    run_name = config.run_name or f"sasrec-{dataset_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    storage_path = _absolute_storage_path(config.storage_path)
+    run_name = config.run_name or f"{model_config.architecture}-{dataset_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    storage_filesystem, storage_path, storage_shown = _storage_location(config.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -97,10 +108,11 @@ def train(
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
-        datasets={split: _read_split(prepared_dir, split, config.num_workers) for split in SPLITS},
+        datasets={split: _read_split(prepared, split, config.num_workers) for split in SPLITS},
         dataset_config=UnevenShardDataConfig(),
     )
     fit_start = time.perf_counter()
@@ -113,22 +125,23 @@ def train(
     metrics.update(best_epoch=result.metrics["best_epoch"], epochs_trained=result.metrics["epochs_trained"])
     export_start = time.perf_counter()
     bundle_dir = export_bundle(
-        prepared_dir, Path(config.bundle_dir), load_best_weights(result.checkpoint), model_config,
+        prepared, config.bundle_dir, load_best_weights(result.checkpoint), model_config,
         num_items, metrics, dataset_name,
     )
     export_s = time.perf_counter() - export_start
     wall_time_s = time.perf_counter() - start
-    logger.info("Training finished in %.1f s; bundle at %s", wall_time_s, bundle_dir)
-    return TrainOutput(bundle_dir=bundle_dir, metrics=metrics, run_dir=f"{storage_path}/{run_name}", wall_time_s=wall_time_s,
+    logger.info("Training finished in %.1f s; bundle at %s", wall_time_s, storage.without_query(bundle_dir))
+    return TrainOutput(bundle_dir=bundle_dir, metrics=metrics, run_dir=f"{storage_shown}/{run_name}", wall_time_s=wall_time_s,
                        history=load_history(result.checkpoint),
                        stage_times_s={"ray_train_fit": fit_s, "export_bundle": export_s})
 
 
-def export_bundle(prepared_dir: Path, bundle_dir: Path, state_dict, model_config: ModelConfig, num_items: int,
+def export_bundle(prepared: _Prepared, bundle_dir: str, state_dict, model_config: ModelConfig, num_items: int,
                   metrics: dict[str, Any], dataset_name: str) -> Path:
     """Write the serving bundle: weights, vocabulary, full user histories and popularity."""
-    sequences = pq.read_table(prepared_dir / "sequences", columns=["user_id", "item_ids"])
-    train_items = pq.read_table(prepared_dir / "train", columns=["item_ids"])["item_ids"]
+    filesystem, root = prepared.filesystem, prepared.path
+    sequences = pq.read_table(f"{root}/sequences", columns=["user_id", "item_ids"], filesystem=filesystem)
+    train_items = pq.read_table(f"{root}/train", columns=["item_ids"], filesystem=filesystem)["item_ids"]
     counts = pc.value_counts(pc.list_flatten(train_items))
     popularity = pa.table({
         "item_index": counts.field("values").cast(pa.int32()),
@@ -140,7 +153,7 @@ def export_bundle(prepared_dir: Path, bundle_dir: Path, state_dict, model_config
         state_dict=state_dict,
         model_config=model_config,
         num_items=num_items,
-        vocab=pq.read_table(prepared_dir / "vocab.parquet"),
+        vocab=pq.read_table(f"{root}/vocab.parquet", filesystem=filesystem),
         histories=sequences,
         popularity=popularity,
         metrics=metrics,
@@ -148,22 +161,30 @@ def export_bundle(prepared_dir: Path, bundle_dir: Path, state_dict, model_config
     )
 
 
-def _read_split(prepared_dir: Path, split: str, num_workers: int) -> ray.data.Dataset:
+def _read_split(prepared: _Prepared, split: str, num_workers: int) -> ray.data.Dataset:
     # Shards are made of whole blocks; several equal blocks per worker keep the shards balanced.
-    dataset = ray.data.read_parquet(str((prepared_dir / split).resolve()))
+    dataset = ray.data.read_parquet(f"{prepared.path}/{split}", filesystem=prepared.filesystem)
     return dataset.repartition(BLOCKS_PER_WORKER * num_workers)
 
 
-def _check_prepared(prepared_dir: Path) -> None:
-    missing = [name for name in ("vocab.parquet", *SPLITS, "sequences") if not (prepared_dir / name).exists()]
+def _check_prepared(prepared: _Prepared) -> None:
+    names = ("vocab.parquet", *SPLITS, "sequences")
+    infos = prepared.filesystem.get_file_info([f"{prepared.path}/{name}" for name in names])
+    missing = [name for name, info in zip(names, infos) if info.type == pafs.FileType.NotFound]
     if missing:
         raise FileNotFoundError(
-            f"{prepared_dir} is not a prepared dataset: missing {', '.join(missing)}. Run `rayrec prepare` first."
+            f"{prepared.shown} is not a prepared dataset: missing {', '.join(missing)}. Run `rayrec prepare` first."
         )
 
 
-def _absolute_storage_path(storage_path: str) -> str:
-    # Ray Train needs an absolute path or a URI; workers may not share the driver's working directory.
-    if "://" in storage_path:
-        return storage_path
-    return str(Path(storage_path).expanduser().resolve())
+def _storage_location(storage_path: str) -> tuple[pafs.FileSystem | None, str, str]:
+    """Return Ray Train's storage filesystem and path, and the location to show in logs.
+
+    Workers may not share the driver's working directory, so a local path becomes absolute.
+    A URI's filesystem is passed explicitly, so its query options (endpoint, scheme) reach the workers.
+    """
+    if storage.is_uri(storage_path):
+        filesystem, path = storage.resolve(storage_path)
+        return filesystem, path, storage.without_query(storage_path).rstrip("/")
+    local = str(Path(storage_path.removeprefix("file://")).expanduser().resolve())
+    return None, local, local

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rayrec.training.metrics import metrics_from_sums, ranking_sums, target_ranks
+from rayrec.training.metrics import metrics_from_sums, ranking_sums, reported_ks, target_ranks
 
 
 def numpy_reference(scores: np.ndarray, targets: np.ndarray, excluded: list[list[int]], k: int) -> dict[str, float]:
@@ -29,7 +29,7 @@ def _rayrec_metrics(scores, targets, excluded, k):
             if item != targets[row]:
                 logits[row, item] = float("-inf")
     ranks = target_ranks(logits, torch.tensor(targets))
-    return metrics_from_sums(ranking_sums(ranks, k), k, prefix="")
+    return metrics_from_sums(ranking_sums(ranks, [k]), [k], prefix="")
 
 
 def test_hand_made_ranks():
@@ -37,9 +37,9 @@ def test_hand_made_ranks():
     ranks = target_ranks(logits, torch.tensor([3, 1]))
 
     assert ranks.tolist() == [1, 1]
-    result = metrics_from_sums(ranking_sums(ranks, 1), 1, prefix="valid_")
+    result = metrics_from_sums(ranking_sums(ranks, [1]), [1], prefix="valid_")
     assert result == {"valid_hr@1": 0.0, "valid_ndcg@1": 0.0, "valid_mrr@1": 0.0, "valid_users": 2}
-    result = metrics_from_sums(ranking_sums(ranks, 2), 2, prefix="")
+    result = metrics_from_sums(ranking_sums(ranks, [2]), [2], prefix="")
     assert result["hr@2"] == 1.0
     assert result["ndcg@2"] == pytest.approx(1 / math.log2(3))
     assert result["mrr@2"] == pytest.approx(0.5)
@@ -64,12 +64,30 @@ def test_sums_over_shards_equal_whole():
     targets = torch.tensor(rng.integers(1, 15, size=9))
     ranks = target_ranks(logits, targets)
 
-    whole = ranking_sums(ranks, 5)
+    whole = ranking_sums(ranks, [5, 10])
     # Uneven shards: 2 users and 7 users; the sums must add up, unlike a mean of means.
-    split = ranking_sums(ranks[:2], 5) + ranking_sums(ranks[2:], 5)
+    split = ranking_sums(ranks[:2], [5, 10]) + ranking_sums(ranks[2:], [5, 10])
     torch.testing.assert_close(split, whole)
 
 
 def test_empty_evaluation_rejected():
     with pytest.raises(ValueError, match="no users were evaluated"):
-        metrics_from_sums(torch.zeros(4, dtype=torch.float64), 10, prefix="")
+        metrics_from_sums(torch.zeros(4, dtype=torch.float64), [10], prefix="")
+
+
+def test_several_cutoffs_match_single_cutoffs():
+    rng = np.random.default_rng(3)
+    logits = torch.tensor(rng.normal(size=(12, 40)), dtype=torch.float32)
+    ranks = target_ranks(logits, torch.tensor(rng.integers(1, 40, size=12)))
+
+    together = metrics_from_sums(ranking_sums(ranks, [5, 10, 20]), [5, 10, 20], prefix="test_")
+    for k in (5, 10, 20):
+        alone = metrics_from_sums(ranking_sums(ranks, [k]), [k], prefix="test_")
+        for name in ("hr", "ndcg", "mrr"):
+            assert together[f"test_{name}@{k}"] == alone[f"test_{name}@{k}"]
+    assert together["test_users"] == 12
+
+
+def test_reported_cutoffs_include_eval_k():
+    assert reported_ks(10) == (5, 10, 20)
+    assert reported_ks(50) == (5, 10, 20, 50)

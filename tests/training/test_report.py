@@ -70,7 +70,7 @@ def test_write_report_files(tmp_path):
     (prepared / "stats.json").write_text('{"users": 7, "items": 11, "interactions": 99, "rows_read": 100, '
                                          '"dropped": {"too_short_user": 1}, "sequence_length": {"min": 3, "p50": 9, "max": 30}}')
     test_metrics = {"test_ndcg@10": 0.1234, "test_hr@10": 0.2345, "test_mrr@10": 0.0987, "test_users": 7,
-                    "best_epoch": 2, "epochs_trained": 3}
+                    "test_unfiltered_ndcg@10": 0.1111, "test_coverage@20": 0.375, "best_epoch": 2, "epochs_trained": 3}
     baseline = {"test_ndcg@10": 0.0456, "test_hr@10": 0.0789, "test_mrr@10": 0.0321}
 
     path = write_report(tmp_path / "report", config={"model": {"hidden_size": 48}}, prepared_dir=prepared,
@@ -82,8 +82,10 @@ def test_write_report_files(tmp_path):
     assert (tmp_path / "report" / "valid_ndcg.png").read_bytes().startswith(PNG_MAGIC)
     assert "hidden_size: 48" in (tmp_path / "report" / "config.yaml").read_text()
     assert "hidden_size: 48" in text
-    assert "| NDCG@10 | 0.1234 | 0.0456 |" in text
-    assert "| HR@10 | 0.2345 | 0.0789 |" in text
+    assert "| NDCG@10 | 0.1234 | 0.1111 | - | 0.0456 |" in text
+    assert "| HR@10 | 0.2345 | - | - | 0.0789 |" in text
+    assert "| NDCG@5 | - | - | - | - |" in text  # cutoffs 5 and 20 are listed even when missing
+    assert "coverage of the top-20 lists: 0.3750" in text
     assert "| 2 | 3.0000 | 0.0300 | 0.0600 | 0.0150 | 2.0 |" in text
     assert "| users | 7 |" in text
     assert "| rows dropped | too_short_user 1 |" in text
@@ -125,6 +127,6 @@ def test_uri_run_dir_reports_beside_bundle(tmp_path):
 
     assert path == tmp_path / "bundle" / "report" / "report.md"
     text = path.read_text()
-    assert "| NDCG@10 | 0.5000 | 0.6309 |" in text  # the baseline ranks item 3 second
+    assert "| NDCG@10 | 0.5000 | - | - | 0.6309 |" in text  # the baseline ranks item 3 second
     assert "| train (Ray Train fit, with validation and test) | 8.00 |" in text
     assert "| prepare (Ray Data), earlier run | not recorded |" in text  # the hand-made folder has no stats.json

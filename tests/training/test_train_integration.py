@@ -22,8 +22,12 @@ def test_training_finishes_with_all_users_evaluated(trained):
     assert metrics["valid_users"] == users
     assert metrics["test_users"] == users
     assert metrics["epochs_trained"] == 2
-    for name in ("hr@10", "ndcg@10", "mrr@10"):
-        assert 0.0 <= metrics[f"test_{name}"] <= 1.0
+    for k in (5, 10, 20):
+        for name in ("hr", "ndcg", "mrr"):
+            assert 0.0 <= metrics[f"test_{name}@{k}"] <= 1.0
+            # Excluding seen items can only move the target up.
+            assert metrics[f"test_{name}@{k}"] >= metrics[f"test_unfiltered_{name}@{k}"] - 1e-12
+    assert 0.0 < metrics["test_coverage@20"] <= 1.0
 
 
 def test_bundle_contents(trained):
@@ -54,7 +58,7 @@ def test_checkpoints_in_absolute_storage_path(trained):
     assert run_dir.startswith(str(trained["root"]))
     assert checkpoints, "every epoch writes a checkpoint with state.pt"
     saved = torch.load(checkpoints[-1], weights_only=True)
-    assert set(saved) == {"model", "best_model", "optimizer", "scheduler", "train_state", "torch_rng"}
+    assert set(saved) == {"model", "best_model", "optimizer", "scheduler", "train_state", "torch_rng", "cuda_rng"}
 
 
 def test_workers_that_would_starve_ray_data_fail_fast(ray_local, trained, tmp_path):
@@ -89,7 +93,7 @@ def test_training_windows_cover_each_target_once():
     from rayrec.training.loop import training_windows
 
     sequence = np.arange(1, 12)  # 11 items: 10 targets
-    windows = training_windows([sequence, np.array([7])], max_len=4)
+    windows = training_windows([sequence, np.array([7])], window=5)
 
     assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
     targets = [t for w in windows for t in w[1:].tolist()]

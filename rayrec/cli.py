@@ -9,6 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
+from rayrec import storage
+
 logger = logging.getLogger("rayrec.cli")
 
 DEFAULT_CONFIG = "configs/ml-100k.yaml"
@@ -207,12 +211,20 @@ def run_prepare(config):
 
     init_ray()
     stats = prepare_from_config(config.data)
-    config.save(Path(config.data.output_dir) / "config.yaml")
-    print((Path(config.data.output_dir) / "stats.json").read_text(), end="")
+    save_config(config, config.data.output_dir)
+    print(storage.read_text(storage.join(config.data.output_dir, "stats.json")), end="")
     print(f"Prepared {stats.users} users, {stats.items} items, {stats.interactions} interactions "
           f"({sum(stats.dropped.values())} rows dropped: {stats.dropped}) in {stats.wall_time_s:.1f} s "
-          f"-> {config.data.output_dir}")
+          f"-> {storage.without_query(config.data.output_dir)}")
     return stats
+
+
+def save_config(config, folder: str | Path) -> None:
+    """Save the resolved run config as config.yaml in a local folder or at a URI."""
+    if storage.is_uri(folder):
+        storage.write_text(storage.join(folder, "config.yaml"), yaml.safe_dump(config.to_dict(), sort_keys=False))
+    else:
+        config.save(Path(folder) / "config.yaml")
 
 
 def run_train(config, prepare_time_s: float | None = None):
@@ -221,10 +233,16 @@ def run_train(config, prepare_time_s: float | None = None):
 
     init_ray()
     output = train(config.data.output_dir, config.model, config.train, dataset_label(config))
-    config.save(output.bundle_dir / "config.yaml")
-    report = write_run_report(config.to_dict(), output, prepare_time_s)
+    save_config(config, output.bundle_dir)
+    # NOTE: the report reads the prepared data and writes next to the bundle on local disk only.
+    if storage.is_uri(config.data.output_dir) or storage.is_uri(output.bundle_dir):
+        report = "not written, because data.output_dir or train.bundle_dir is a URI"
+        logger.warning("Run report %s", report)
+    else:
+        report = write_run_report(config.to_dict(), output, prepare_time_s)
     print(json.dumps(output.metrics, indent=2))
-    print(f"Bundle written to {output.bundle_dir} (checkpoints in {output.run_dir}); training took {output.wall_time_s:.1f} s")
+    print(f"Bundle written to {storage.without_query(output.bundle_dir)} (checkpoints in {output.run_dir}); "
+          f"training took {output.wall_time_s:.1f} s")
     print(f"Report: {report}")
     return output
 
@@ -232,7 +250,7 @@ def run_train(config, prepare_time_s: float | None = None):
 def dataset_label(config) -> str:
     """Name recorded in the bundle: the fetched dataset, or the input file or folder name."""
     if config.data.input_path is not None:
-        return Path(config.data.input_path).stem or "custom"
+        return Path(storage.without_query(config.data.input_path)).stem or "custom"
     return config.data.dataset
 
 

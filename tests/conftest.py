@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -42,13 +43,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def init_local_ray() -> None:
+    """Start the shared local Ray: 2 CPUs, like a 2-core laptop."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@contextlib.contextmanager
+def shared_ray_paused():
+    """Stop the shared local Ray for a block that starts its own Ray, then start the shared one again."""
+    import ray
+    from ray import serve
+
+    was_running = ray.is_initialized()
+    if was_running:
+        serve.shutdown()
+        ray.shutdown()
+    try:
+        yield
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        if was_running:
+            init_local_ray()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray with 2 CPUs for all tests that need Ray, like a 2-core laptop."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_local_ray()
     yield ray
     from ray import serve
 
@@ -89,3 +117,31 @@ def trained(ray_local, ml100k_slice, tmp_path_factory):
                                storage_path=str(root / "runs"), bundle_dir=str(root / "bundle"))
     output = train(prepared, model_config, train_config, "ml-100k-slice")
     return {"prepared": prepared, "stats": stats, "output": output, "root": root}
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """Start an S3-compatible moto server on 127.0.0.1 with one bucket; yield the bucket and URI query.
+
+    The AWS variables are set before any Ray process that a test starts afterwards, so its
+    workers and replicas inherit them. AWS_EC2_METADATA_DISABLED tells the AWS SDK not to ask
+    the instance metadata address for credentials.
+    """
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_ACCESS_KEY_ID", "testing")  # moto accepts any credentials
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    patch.setenv("AWS_REGION", "us-east-1")
+    patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bucket = "rayrec-cluster"
+    filesystem = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+    filesystem.create_dir(bucket)
+
+    yield {"bucket": bucket, "query": f"endpoint_override=127.0.0.1:{port}&scheme=http", "filesystem": filesystem}
+    patch.undo()
+    server.stop()

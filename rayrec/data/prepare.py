@@ -53,6 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from rayrec import storage
 from rayrec.data.config import PrepareConfig
 from rayrec.data.formats import (
     INVALID_REASONS, InputFiles, InvalidInputError, list_input_files, normalize_chunk, read_raw_chunks,
@@ -110,8 +111,9 @@ def prepare(config: PrepareConfig, input_files: InputFiles | list[str]) -> Prepa
     files = input_files if isinstance(input_files, InputFiles) else _local_files(input_files)
     # Read the key before touching the output, so a missing key fails fast and changes nothing.
     user_id_key = require_user_id_key(config.user_id_key_file, "data.pseudonymize_users") if config.pseudonymize_users else None
-    output_dir = _reset_output_dir(config.output_dir)
-    logger.info("Preparing %d input file(s) into %s", len(files.paths), output_dir)
+    filesystem, output_dir = _reset_output_dir(config.output_dir)
+    shown = storage.without_query(config.output_dir) if storage.is_uri(config.output_dir) else output_dir
+    logger.info("Preparing %d input file(s) into %s", len(files.paths), shown)
 
     counter = _ReadCounts.remote()
     try:
@@ -129,19 +131,20 @@ def prepare(config: PrepareConfig, input_files: InputFiles | list[str]) -> Prepa
 
     users, iterations = _filter_users(users, config)
     items = _run("count items", lambda: _item_counts(users, config))
-    vocab_ids = _write_vocab(items, output_dir)
+    vocab_ids = _write_vocab(items, filesystem, output_dir)
     metadata = schema_metadata(user_id_key) if user_id_key is not None else None
-    summary = _run("write splits", lambda: _write_outputs(users, vocab_ids, config, output_dir, metadata))
+    summary = _run("write splits", lambda: _write_outputs(users, vocab_ids, config, filesystem, output_dir, metadata))
 
     stats = _build_stats(config, summary, rows_per_file, drops_per_file, len(vocab_ids), iterations)
     stats.user_ids = user_id_info(pa.schema([], metadata=metadata))
     stats.wall_time_s = round(time.perf_counter() - start, 2)
     _check_accounting(stats)
-    (output_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+    with filesystem.open_output_stream(f"{output_dir}/stats.json") as stream:
+        stream.write((json.dumps(asdict(stats), indent=2) + "\n").encode("utf-8"))
     logger.info("Prepared %d users, %d items, %d interactions (dropped %s) in %.1f s",
                 stats.users, stats.items, stats.interactions, stats.dropped, stats.wall_time_s)
     if stats.users == 0:
-        raise InvalidInputError(f"No users left after filtering; see {output_dir / 'stats.json'} for drops by reason "
+        raise InvalidInputError(f"No users left after filtering; see {shown}/stats.json for drops by reason "
                                 f"({_nonzero(stats.dropped)}). Lower data.k_core or data.min_sequence_length.")
     return stats
 
@@ -159,8 +162,18 @@ def _local_files(paths: list[str]) -> InputFiles:
     return InputFiles(pafs.LocalFileSystem(), resolved, list(paths))
 
 
-def _reset_output_dir(path: str) -> Path:
-    # NOTE: output_dir is a local path; on a multi-node cluster it must be on storage every node mounts.
+def _reset_output_dir(path: str) -> tuple[pafs.FileSystem, str]:
+    """Empty or create the output folder and its split folders; return its filesystem and absolute path.
+
+    A local path must be on storage every node mounts when the cluster has several nodes; a
+    URI (s3://, gs://) is reachable from every node that has credentials for it.
+    """
+    if storage.is_uri(path):
+        filesystem, output_dir = storage.replace_dir(path)
+        for name in ("sequences", *SPLITS):
+            filesystem.create_dir(f"{output_dir}/{name}")
+        return filesystem, output_dir
+
     output_dir = Path(path)
     if output_dir.exists():
         logger.warning("Replacing the existing output directory %s", output_dir)
@@ -168,7 +181,7 @@ def _reset_output_dir(path: str) -> Path:
     output_dir.mkdir(parents=True)
     for name in ("sequences", *SPLITS):
         (output_dir / name).mkdir()
-    return output_dir.resolve()
+    return pafs.LocalFileSystem(), str(output_dir.resolve())
 
 
 def _run(step: str, action):
@@ -278,27 +291,29 @@ def _item_counts(users: ray.data.Dataset, config: PrepareConfig) -> pa.Table:
                      "train_count": table["sum(train_count)"]})
 
 
-def _write_vocab(items: pa.Table, output_dir: Path) -> pa.Array:
+def _write_vocab(items: pa.Table, filesystem: pafs.FileSystem, output_dir: str) -> pa.Array:
     """Write vocab.parquet and popularity.parquet; return the item ids in index order."""
     index = pa.array(np.arange(1, items.num_rows + 1, dtype=np.int32))
     item_ids = items["item_id"].combine_chunks()
-    pq.write_table(pa.table({"item_index": index, "item_id": item_ids}), output_dir / "vocab.parquet")
+    pq.write_table(pa.table({"item_index": index, "item_id": item_ids}), f"{output_dir}/vocab.parquet",
+                   filesystem=filesystem)
     pq.write_table(pa.table({"item_index": index, "item_id": item_ids,
                              "train_count": pc.cast(items["train_count"], pa.int64())}),
-                   output_dir / "popularity.parquet")
+                   f"{output_dir}/popularity.parquet", filesystem=filesystem)
     return item_ids
 
 
-def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: PrepareConfig, output_dir: Path,
-                   metadata: dict[bytes, bytes] | None) -> pa.Table:
+def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: PrepareConfig, filesystem: pafs.FileSystem,
+                   output_dir: str, metadata: dict[bytes, bytes] | None) -> pa.Table:
     # Indexing items before the shuffle moves int32 ids instead of strings between workers.
     indexed = users.map_batches(index_items, batch_format="pyarrow", fn_kwargs={"vocab_ids": vocab_ids})
     written = indexed.groupby("shard", num_partitions=config.num_shards).map_groups(
         write_shard, batch_format="pyarrow",
-        fn_kwargs={"vocab_ids": vocab_ids, "config": config, "output_dir": str(output_dir), "schema_metadata": metadata},
+        fn_kwargs={"vocab_ids": vocab_ids, "config": config, "output_dir": output_dir, "schema_metadata": metadata,
+                   "filesystem": filesystem},
     )
     tables = [table for table in ray.get(written.to_arrow_refs()) if table.num_rows]
-    _write_empty_splits(output_dir, metadata)
+    _write_empty_splits(filesystem, output_dir, metadata)
     if not tables:
         return pa.table({"length": pa.array([], pa.int64()),
                          **{reason: pa.array([], pa.int64()) for reason in USER_DROP_REASONS},
@@ -306,7 +321,7 @@ def _write_outputs(users: ray.data.Dataset, vocab_ids: pa.Array, config: Prepare
     return pa.concat_tables(tables)
 
 
-def _write_empty_splits(output_dir: Path, metadata: dict[bytes, bytes] | None) -> None:
+def _write_empty_splits(filesystem: pafs.FileSystem, output_dir: str, metadata: dict[bytes, bytes] | None) -> None:
     # A split with no rows at all still gets one empty file, so readers find its schema.
     int_list = pa.list_(pa.int32())
     schemas = {
@@ -316,8 +331,9 @@ def _write_empty_splits(output_dir: Path, metadata: dict[bytes, bytes] | None) -
         "test": pa.schema([("user_id", pa.string()), ("history", int_list), ("target", pa.int32())]),
     }
     for name, schema in schemas.items():
-        if not any((output_dir / name).iterdir()):
-            pq.write_table(schema.with_metadata(metadata).empty_table(), output_dir / name / "part-00000.parquet")
+        if not filesystem.get_file_info(pafs.FileSelector(f"{output_dir}/{name}", allow_not_found=True)):
+            pq.write_table(schema.with_metadata(metadata).empty_table(), f"{output_dir}/{name}/part-00000.parquet",
+                           filesystem=filesystem)
 
 
 def _build_stats(config, summary, rows_per_file, drops_per_file, items, iterations) -> PrepareStats:

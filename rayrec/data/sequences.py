@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrec.data.config import PrepareConfig
@@ -209,7 +210,8 @@ def index_items(users: pa.Table, vocab_ids: pa.Array) -> pa.Table:
 
 
 def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, output_dir: str,
-                schema_metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+                schema_metadata: dict[bytes, bytes] | None = None,
+                filesystem: pafs.FileSystem | None = None) -> pa.Table:
     """Write the sequences and splits of one shard's users, with `schema_metadata` on every file.
 
     Returns one row per user, dropped ones included: length, drops by reason and split flags.
@@ -232,7 +234,8 @@ def write_shard(users: pa.Table, vocab_ids: pa.Array, config: PrepareConfig, out
 
     for name, table in tables.items():
         if table.num_rows:
-            pq.write_table(table.replace_schema_metadata(schema_metadata), f"{output_dir}/{name}/part-{shard:05d}.parquet")
+            pq.write_table(table.replace_schema_metadata(schema_metadata), f"{output_dir}/{name}/part-{shard:05d}.parquet",
+                           filesystem=filesystem)
     kept = pa.table({
         "length": pa.array(np.diff(offsets)),
         **{reason: users[reason] for reason in USER_DROP_REASONS},

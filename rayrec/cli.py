@@ -78,7 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=10, help="Number of items to return (default: 10).")
     recommend.add_argument("--include-seen", action="store_true",
                            help="Allow items from the history in the results (default: off, they are left out).")
+    recommend.add_argument("--explain", action="store_true",
+                           help="Add to each item the history items that raised its score most, by leave-one-out "
+                                "rescoring (default: off).")
+    recommend.add_argument("--quantize", default="none", choices=["none", "int8"],
+                           help="int8: dynamic int8 quantization of the model's linear layers (default: none).")
+    recommend.add_argument("--user-id-key-file",
+                           help="Key file of a bundle with pseudonymised user ids (default: $RAYREC_USER_ID_KEY).")
     recommend.set_defaults(handler=_recommend)
+
+    delete_user = commands.add_parser(
+        "delete-user", help="Remove one user's rows from a prepared folder or from a bundle's stored histories.")
+    delete_user.add_argument("--user-id", "--user", required=True, help="Raw user id to delete (required).")
+    delete_target = delete_user.add_mutually_exclusive_group(required=True)
+    delete_target.add_argument("--prepared", help="Prepared folder written by `rayrec prepare`.")
+    delete_target.add_argument("--bundle", help="Local bundle directory written by `rayrec train`.")
+    delete_user.add_argument("--user-id-key-file",
+                             help="Key file when the user ids are pseudonymised (default: $RAYREC_USER_ID_KEY).")
+    delete_user.set_defaults(handler=_delete_user)
 
     _add_batch_recommend_parser(commands)
 
@@ -293,7 +310,10 @@ def _serve(args) -> int:
 
 
 def _recommend(args) -> int:
+    from rayrec.data.privacy import user_id_lookup
     from rayrec.models.bundle import load_bundle
+    from rayrec.models.explain import explain_ranking
+    from rayrec.models.quantize import quantize_model
     from rayrec.models.recommend import rank_queries, resolve_query
 
     if args.user_id is None and args.history is None:
@@ -301,16 +321,43 @@ def _recommend(args) -> int:
     if args.k < 1:
         raise ValueError(f"-k ({args.k}) must be at least 1.")
     bundle = load_bundle(args.bundle)
-    query = resolve_query(bundle, args.user_id, args.history, args.k, exclude_seen=not args.include_seen)
+    bundle.model = quantize_model(bundle.model, args.quantize)
+    user_id = args.user_id
+    if user_id is not None:
+        users = user_id_lookup(bundle.metadata.get("user_ids"), args.user_id_key_file, f"bundle {args.bundle}")
+        user_id = users.stored_id(user_id)
+    query = resolve_query(bundle, user_id, args.history, args.k, exclude_seen=not args.include_seen)
     ranked = rank_queries(bundle, [query])[0]
+
+    items = [{"item_id": bundle.item_ids[index], "score": score} for index, score in ranked]
+    if args.explain and not query.fallback:
+        reasons = explain_ranking(bundle.model, query.history, ranked, bundle.item_ids, bundle.model.config.max_len)
+        for item, item_reasons in zip(items, reasons):
+            item["reasons"] = item_reasons
     print(json.dumps({
-        "items": [{"item_id": bundle.item_ids[index], "score": score} for index, score in ranked],
+        "items": items,
         "model_version": bundle.version,
         "fallback": query.fallback,
         "unknown_items": query.unknown_items,
         "unknown_user": query.unknown_user,
         "truncated": query.truncated,
     }, indent=2))
+    return 0
+
+
+def _delete_user(args) -> int:
+    from rayrec.data.delete import bundle_user_files, delete_user, prepared_user_files
+
+    root = args.prepared or args.bundle
+    files = prepared_user_files(root) if args.prepared else bundle_user_files(root)
+    removed = delete_user(root, files, args.user_id, args.user_id_key_file)
+    print(json.dumps({"removed_rows": removed, "total_removed_rows": sum(removed.values())}, indent=2))
+    if args.bundle:
+        print("Running Serve replicas keep the old histories in memory until they load the bundle again "
+              "(redeploy or restart them). Model weights reflect the user until the next training run.")
+    else:
+        print("vocab.parquet, popularity.parquet and stats.json still count the user's events until the next "
+              "`rayrec prepare`; bundles trained on this folder keep the user until you delete it there too.")
     return 0
 
 

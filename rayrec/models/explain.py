@@ -63,3 +63,10 @@ def explain_items(model: nn.Module, history: np.ndarray, items: Sequence[int], m
         order = torch.argsort(weights[:, column], descending=True)[:max_reasons].tolist()
         reasons.append([Reason(int(history[first + row]), float(weights[row, column])) for row in order])
     return reasons
+
+
+def explain_ranking(model: nn.Module, history: np.ndarray, ranked: Sequence[tuple[int, float]], item_ids: Sequence[str],
+                    max_len: int) -> list[list[dict[str, str | float]]]:
+    """Return `explain_items` for ranked (item index, score) pairs as {"item_id", "weight"} dicts with raw ids."""
+    reasons = explain_items(model, history, [index for index, _ in ranked], max_len)
+    return [[{"item_id": item_ids[reason.item_index], "weight": reason.weight} for reason in row] for row in reasons]

@@ -3,8 +3,11 @@
 The recommender deployment declares its routes on `api`; this module contains what wraps them.
 """
 
+import hmac
 import logging
+import os
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,10 +21,49 @@ logger = logging.getLogger(__name__)
 HEALTHZ_TIMEOUT_S = 5.0
 REQUEST_LOG_INTERVAL_S = 60.0
 ROUTES = ("/recommend", "/recommend/batch", "/healthz", "/model", "/docs", "/openapi.json")
+# Load balancers probe /healthz without credentials, and it returns only {"status": "ok"}.
+OPEN_ROUTES = ("/healthz",)
+MIN_TOKEN_CHARS = 16
+_AUTH_TOKEN: dict[str, bytes | None] = {"token": None}
+
+
+def load_auth_token(token_file: str | None, token_env: str | None) -> str | None:
+    """Return the bearer token from `token_file` or the environment variable `token_env`, or None when neither is set."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).expanduser().read_text().strip()
+        except OSError as err:
+            raise ValueError(f"args.auth_token_file {token_file} cannot be read ({err.strerror}); fix the path "
+                             "or its permissions.") from None
+        where = f"args.auth_token_file {token_file}"
+    elif token_env is not None:
+        token = os.environ.get(token_env, "").strip()
+        where = f"environment variable {token_env} (args.auth_token_env)"
+    else:
+        return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"{where} holds a token of {len(token)} characters; use at least {MIN_TOKEN_CHARS}, "
+                         "for example the output of `openssl rand -hex 32`.")
+    return token
+
+
+def set_auth_token(token: str | None) -> None:
+    """Require `Authorization: Bearer <token>` on every route but OPEN_ROUTES in this process; None turns it off."""
+    _AUTH_TOKEN["token"] = None if token is None else token.encode()
+
+
+def _authorized(scope) -> bool:
+    token = _AUTH_TOKEN["token"]
+    if token is None or scope.get("path", "") in OPEN_ROUTES:
+        return True
+    headers = dict(scope.get("headers") or [])
+    scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+    # compare_digest takes the same time wherever the first differing byte is.
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
 
 class BodyLimitAndMetrics:
-    """ASGI middleware: reject bodies over MAX_BODY_BYTES with 413 and record status and latency metrics."""
+    """ASGI middleware: check the bearer token (401), reject bodies over MAX_BODY_BYTES (413), record metrics."""
 
     def __init__(self, app):
         self.app = app
@@ -39,6 +81,11 @@ class BodyLimitAndMetrics:
             await send(message)
 
         try:
+            if not _authorized(scope):
+                response = JSONResponse(status_code=401, content={"detail": "missing or invalid bearer token"},
+                                        headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send_and_record)
+                return
             body, too_large = await _read_body(receive, MAX_BODY_BYTES)
             if too_large:
                 response = JSONResponse(status_code=413, content={"detail": (

@@ -12,10 +12,13 @@ from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from rayrec.data.privacy import UserIdLookup, user_id_lookup
 from rayrec.models.bundle import Bundle, load_bundle
+from rayrec.models.explain import explain_ranking
+from rayrec.models.quantize import Quantize, quantize_model
 from rayrec.models.recommend import Query, popular_items, rank_queries, resolve_query
 from rayrec.serving import metrics
-from rayrec.serving.http import HEALTHZ_TIMEOUT_S, api
+from rayrec.serving.http import HEALTHZ_TIMEOUT_S, api, load_auth_token, set_auth_token
 from rayrec.serving.schemas import RecommendBatchRequest, RecommendBatchResponse, RecommendRequest, RecommendResponse
 
 logger = logging.getLogger(__name__)
@@ -48,14 +51,19 @@ def pick_device(device: Literal["auto", "cpu", "cuda"]) -> torch.device:
     return torch.device(device)
 
 
-def load_source(source: ModelSource, device: torch.device) -> Bundle:
-    """Load and check the bundle named by `source`, with its model on `device`."""
+def load_source(source: ModelSource, device: torch.device, quantize: Quantize = "none") -> Bundle:
+    """Load and check the bundle named by `source`, with its model quantized as asked and on `device`."""
     bundle = load_bundle(source.bundle_path)
     if source.version is not None and bundle.version != source.version:
         raise ValueError(f"the bundle at {_without_query(source.bundle_path)} has version {bundle.version}, but user_config.version "
                          f"is {source.version}; fix the version or the path.")
-    bundle.model.to(device)
+    bundle.model = quantize_model(bundle.model, quantize).to(device)
     return bundle
+
+
+def bundle_user_ids(bundle: Bundle, source: ModelSource, key_file: str | None) -> UserIdLookup:
+    """Return how to look up users in `bundle`; a pseudonymised bundle without its key raises."""
+    return user_id_lookup(bundle.metadata.get("user_ids"), key_file, f"bundle {_without_query(source.bundle_path)}")
 
 
 
@@ -85,10 +93,19 @@ class Recommender:
     """
 
     def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005, torch_threads: int = 1,
-                 device: Literal["auto", "cpu", "cuda"] = "auto"):
+                 device: Literal["auto", "cpu", "cuda"] = "auto", quantize: Quantize = "none",
+                 user_id_key_file: str | None = None, auth_token_file: str | None = None,
+                 auth_token_env: str | None = None):
         torch.set_num_threads(torch_threads)
         self.device = pick_device(device)
+        if quantize != "none" and self.device.type != "cpu":
+            raise ValueError(f"args.quantize {quantize} runs on CPU only, but this replica uses {self.device}; "
+                             "set args.quantize to none or args.device to cpu.")
+        self.quantize = quantize
+        self.user_id_key_file = user_id_key_file
+        set_auth_token(load_auth_token(auth_token_file, auth_token_env))
         self.bundle: Bundle | None = None
+        self.users = UserIdLookup()
         self.source: ModelSource | None = None
         self.last_load_error: dict | None = None
         self.batch_started_at: float | None = None
@@ -103,7 +120,8 @@ class Recommender:
             if self.bundle is None:
                 # Serve keeps the replica out of rotation until this first load returns.
                 source = ModelSource.model_validate(user_config)
-                self._activate(load_source(source, self.device), source)
+                bundle = load_source(source, self.device, self.quantize)
+                self._activate(bundle, source, bundle_user_ids(bundle, source, self.user_id_key_file))
                 return
             await self._swap(user_config)
 
@@ -111,23 +129,25 @@ class Recommender:
         # Load in a thread, so this replica keeps serving the old bundle until the new one is ready.
         try:
             source = ModelSource.model_validate(user_config)
-            bundle = await asyncio.to_thread(load_source, source, self.device)
+            bundle = await asyncio.to_thread(load_source, source, self.device, self.quantize)
+            users = bundle_user_ids(bundle, source, self.user_id_key_file)
         except Exception as err:  # noqa: BLE001 - any load failure must leave the old model serving
             location = _without_query(user_config.get("bundle_path"))
             self.last_load_error = {"bundle_path": location, "error": str(err), "at": time.time()}
             metrics.bundle_load_failures().inc()
             logger.error("Failed to load bundle %s: %s; still serving %s", location, err, self.bundle.version)
             return
-        self._activate(bundle, source)
+        self._activate(bundle, source, users)
 
-    def _activate(self, bundle: Bundle, source: ModelSource) -> None:
+    def _activate(self, bundle: Bundle, source: ModelSource, users: UserIdLookup) -> None:
         previous = self.bundle
-        self.bundle, self.source, self.last_load_error = bundle, source, None  # one reference swap
+        # Both run on the event loop, so no request sees a new bundle with the old user lookup.
+        self.bundle, self.users, self.source, self.last_load_error = bundle, users, source, None
         if previous is not None:
             metrics.model_version().set(0, tags={"version": previous.version})
         metrics.model_version().set(1, tags={"version": bundle.version})
-        logger.info("Serving bundle %s from %s on %s (pid %d)", bundle.version, _without_query(source.bundle_path),
-                    self.device, os.getpid())
+        logger.info("Serving bundle %s from %s on %s, quantize %s (pid %d)", bundle.version,
+                    _without_query(source.bundle_path), self.device, self.quantize, os.getpid())
 
     def metadata(self) -> dict:
         info = {key: self.bundle.metadata.get(key) for key in ("version", "created_at", "dataset", "model", "metrics")}
@@ -135,6 +155,8 @@ class Recommender:
         info["max_len"] = self.bundle.model.config.max_len
         info["num_items"] = len(self.bundle.item_ids) - 1
         info["last_load_error"] = self.last_load_error
+        info["user_ids"] = self.bundle.metadata.get("user_ids")
+        info["quantize"] = self.quantize
         return info
 
     async def healthz(self) -> bool:
@@ -151,8 +173,9 @@ class Recommender:
             raise RuntimeError(f"a batch has been running for more than {self.stalled_batch_s:.0f} s")
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        bundle = self.bundle
-        query = resolve_query(bundle, request.user_id, request.history, request.k, request.exclude_seen,
+        bundle, users = self.bundle, self.users
+        user_id = None if request.user_id is None else users.stored_id(request.user_id)
+        query = resolve_query(bundle, user_id, request.history, request.k, request.exclude_seen,
                               request.exclude_items, request.allowed_items)
         self._count_unknowns(query)
         if query.fallback:
@@ -161,8 +184,14 @@ class Recommender:
         else:
             ranked = await self.score_batch((bundle, query))
 
+        items = [{"item_id": bundle.item_ids[index], "score": score} for index, score in ranked]
+        if request.explain and not query.fallback:
+            reasons = await asyncio.to_thread(explain_ranking, bundle.model, query.history, ranked, bundle.item_ids,
+                                              bundle.model.config.max_len)
+            for item, item_reasons in zip(items, reasons):
+                item["reasons"] = item_reasons
         return RecommendResponse(
-            items=[{"item_id": bundle.item_ids[index], "score": score} for index, score in ranked],
+            items=items,
             model_version=bundle.version,
             fallback=query.fallback,
             unknown_items=query.unknown_items,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
+from rayrec.models.explain import MAX_EXPLAINED_HISTORY, MAX_REASONS
+
 MAX_K = 1000
 MAX_HISTORY_ITEMS = 10_000
 MAX_FILTER_ITEMS = 10_000  # per list, for exclude_items and allowed_items
@@ -41,6 +43,14 @@ class RecommendRequest(BaseModel):
         None, min_length=1, max_length=MAX_FILTER_ITEMS,
         description="When set, only these raw item ids may be returned (a candidate set).",
     )
+    explain: StrictBool = Field(
+        False,
+        description=(
+            f"Add `reasons` to each item: up to {MAX_REASONS} history items whose removal lowers the item's score "
+            f"most (leave-one-out rescoring of the {MAX_EXPLAINED_HISTORY} most recent history items). Needs at "
+            "least two known history items; fallback items get no reasons."
+        ),
+    )
 
     @field_validator("user_id")
     @classmethod
@@ -77,9 +87,15 @@ class RecommendBatchRequest(BaseModel):
     )
 
 
+class Reason(BaseModel):
+    item_id: str = Field(description="A raw item id from the history.")
+    weight: float = Field(description="The item's score with the full history minus its score without this history item.")
+
+
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    reasons: list[Reason] | None = Field(None, description="With `explain: true`: history items by weight, largest first.")
 
 
 class RecommendResponse(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -133,6 +134,8 @@ def moto_s3():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # One werkzeug log line per S3 request would bury a failing test's output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     patch = pytest.MonkeyPatch()
     patch.setenv("AWS_ACCESS_KEY_ID", "testing")  # moto accepts any credentials
     patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -1,8 +1,8 @@
 """Delete one user's rows from a prepared folder or from a bundle's stored histories.
 
 A prepared folder keeps a user in sequences/, train/, valid/ and test/; a bundle keeps it in
-histories.parquet, the history that `user_id` requests look up. Every file that holds the
-user is rewritten without those rows, each through a temporary file and an atomic rename.
+histories.parquet, the history that `user_id` requests look up. Every file that contains
+the user is rewritten without those rows, each through a temporary file and an atomic rename.
 
 What stays: aggregate counts (vocab.parquet, popularity.parquet, stats.json) and model
 weights still reflect the deleted user's events until the next preprocessing and training.
@@ -56,7 +56,7 @@ def delete_user(root: str | Path, files: list[Path], user_id: str, key_file: str
     """Remove `user_id`'s rows from `files` under `root`; return rows removed per file (relative path).
 
     The raw `user_id` is hashed first when the files hold pseudonymised ids, which needs the
-    key. Raises UserNotFoundError, and changes nothing, when no file holds the user.
+    key. Raises UserNotFoundError, and changes nothing, when no file contains the user.
     """
     root = Path(root)
     if not files:

@@ -8,7 +8,7 @@ linked back to a raw id, short of trying every candidate id with the key.
 The key is read from the file named by `data.user_id_key_file` (or a Serve `user_id_key_file`
 argument), else from the RAYREC_USER_ID_KEY environment variable. It is never written to an
 output. Outputs record only a fingerprint of the key (an HMAC of a fixed label), so a server
-can check that it holds the key a bundle was made with.
+can check that its key is the one a bundle was made with.
 
 Pseudonymised Parquet files carry the marker in their schema metadata, which `pq.read_table`
 and `pq.write_table` keep, so training copies it into the bundle without knowing about it.
@@ -58,7 +58,7 @@ def load_user_id_key(key_file: str | None = None) -> bytes | None:
         where = f"${USER_ID_KEY_ENV}"
 
     if len(key) < MIN_KEY_BYTES:
-        raise MissingUserIdKeyError(f"{where} holds {len(key)} bytes; a user id key needs at least {MIN_KEY_BYTES}. "
+        raise MissingUserIdKeyError(f"{where} contains {len(key)} bytes; a user id key needs at least {MIN_KEY_BYTES}. "
                                     "Use a random secret, for example the output of `openssl rand -hex 32`.")
     return key
 

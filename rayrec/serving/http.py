@@ -42,7 +42,7 @@ def load_auth_token(token_file: str | None, token_env: str | None) -> str | None
     else:
         return None
     if len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"{where} holds a token of {len(token)} characters; use at least {MIN_TOKEN_CHARS}, "
+        raise ValueError(f"{where} contains a token of {len(token)} characters; use at least {MIN_TOKEN_CHARS}, "
                          "for example the output of `openssl rand -hex 32`.")
     return token
 

@@ -209,6 +209,7 @@ def test_logs_hold_no_ids_or_histories(run, ray_local):
     assert USERS[4] not in bad.text
 
     time.sleep(2)  # Ray flushes worker output to its log files asynchronously
+    # NOTE: Ray 2.60 exposes the session folder of a running cluster only through this private API.
     session_dir = Path(ray_local._private.worker._global_node.get_session_dir_path())
     log_files = [path for path in (session_dir / "logs").rglob("*") if path.is_file()]
     assert any("serve" in path.parts for path in log_files)

@@ -46,7 +46,7 @@ def test_missing_or_short_key(tmp_path, monkeypatch):
 
     short = tmp_path / "short"
     short.write_text("abc")
-    with pytest.raises(MissingUserIdKeyError, match="holds 3 bytes; a user id key needs at least 16"):
+    with pytest.raises(MissingUserIdKeyError, match="contains 3 bytes; a user id key needs at least 16"):
         load_user_id_key(str(short))
 
 

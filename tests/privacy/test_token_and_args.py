@@ -27,7 +27,7 @@ def test_bad_token_sources_rejected(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="args.auth_token_file .*missing.* cannot be read"):
         load_auth_token(str(tmp_path / "missing"), None)
-    with pytest.raises(ValueError, match="holds a token of 3 characters; use at least 16"):
+    with pytest.raises(ValueError, match="contains a token of 3 characters; use at least 16"):
         load_auth_token(str(short), None)
     with pytest.raises(ValueError, match="environment variable UNSET_TOKEN_VARIABLE .* token of 0 characters"):
         load_auth_token(None, "UNSET_TOKEN_VARIABLE")

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Prepared data directory written by `rayrec prepare` (required).")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"], help="Split to evaluate (default: test).")
     evaluate.add_argument("-k", type=int, default=10, help="Cutoff for the metrics, in items (default: 10).")
+    evaluate.add_argument("--quantize", default="none", choices=["none", "int8"],
+                          help="int8: evaluate the model with dynamic int8 quantization of its linear layers, as a "
+                               "replica with quantize: int8 serves it (default: none).")
     evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser("serve", help="Deploy a bundle with Ray Serve and block until interrupted.")
@@ -288,8 +291,37 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from rayrec.training.evaluate import evaluate_bundle
 
-    print(json.dumps(evaluate_bundle(args.bundle, args.prepared, args.split, args.k), indent=2))
+    if args.quantize == "none":
+        metrics = evaluate_bundle(args.bundle, args.prepared, args.split, args.k)
+    else:
+        metrics = _evaluate_quantized(args)
+    print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _evaluate_quantized(args) -> dict[str, float]:
+    """Evaluate as `evaluate_bundle` does, with the model quantized first."""
+    # NOTE: evaluate_bundle loads the bundle itself and has no quantize option, so this repeats its reading steps.
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from rayrec.models.bundle import load_bundle
+    from rayrec.models.quantize import quantize_model
+    from rayrec.training.evaluate import ranking_sums_for_rows
+    from rayrec.training.metrics import reported_ks
+
+    if args.k < 1:
+        raise ValueError(f"-k ({args.k}) must be at least 1.")
+    split_dir = Path(args.prepared) / args.split
+    if not split_dir.exists():
+        raise FileNotFoundError(f"{split_dir} not found; run `rayrec prepare` first.")
+
+    model = quantize_model(load_bundle(args.bundle).model, args.quantize)
+    table = pq.read_table(split_dir, columns=["history", "target"])
+    histories = [np.asarray(history, dtype=np.int64) for history in table["history"].to_pylist()]
+    targets = table["target"].to_numpy().astype(np.int64)
+    sums = ranking_sums_for_rows(model, histories, targets, reported_ks(args.k))
+    return sums.metrics(prefix=f"{args.split}_")
 
 
 def _serve(args) -> int:

@@ -74,3 +74,28 @@ def test_wrong_key_rejected(tmp_path, capsys):
 
     assert main(["recommend", "--bundle", str(bundle_dir), "--user-id", "alice-91", "--user-id-key-file", str(key_file)]) == 2
     assert "made with the key whose fingerprint" in capsys.readouterr().err
+
+
+def test_evaluate_int8_matches_float_keys(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle_dir = tiny_bundle(tmp_path / "bundle")
+    (tmp_path / "prepared" / "test").mkdir(parents=True)
+    histories = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [2, 10]]
+    pq.write_table(pa.table({"user_id": ["a", "b", "c", "d"], "history": pa.array(histories, pa.list_(pa.int32())),
+                             "target": pa.array([4, 6, 10, 11], pa.int32())}),
+                   tmp_path / "prepared" / "test" / "part-00000.parquet")
+    arguments = ["evaluate", "--bundle", str(bundle_dir), "--prepared", str(tmp_path / "prepared")]
+
+    assert main(arguments) == 0
+    float_metrics = json.loads(capsys.readouterr().out)
+    assert main(arguments + ["--quantize", "int8"]) == 0
+    int8_metrics = json.loads(capsys.readouterr().out)
+
+    assert float_metrics["test_users"] == 4
+    assert int8_metrics["test_users"] == 4
+    assert set(int8_metrics) == set(float_metrics)
+    assert 0.0 <= int8_metrics["test_ndcg@10"] <= 1.0
+    assert main(arguments + ["--quantize", "int8", "--split", "valid"]) == 2
+    assert "valid not found" in capsys.readouterr().err

@@ -87,9 +87,9 @@ def _rayrec_arguments(command: str) -> list[str] | None:
             return words[1:]
         if "--" in words and words[:3] == ["ray", "job", "submit"]:
             entry = words[words.index("--") + 1:]
-            match = re.fullmatch(r"jobs/(prepare|train|evaluate)\.py", entry[1]) if len(entry) > 1 else None
+            match = re.fullmatch(r"jobs/(prepare|train|evaluate|batch_recommend)\.py", entry[1]) if len(entry) > 1 else None
             if entry[:1] == ["python"] and match:
-                return [match.group(1), *entry[2:]]
+                return [match.group(1).replace("_", "-"), *entry[2:]]
     return None
 
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def head_node(tmp_path_factory):
             pytest.fail("the Ray head node did not come up within 120 s")
         time.sleep(2)
 
-    yield {"address": address, "env": env}
+    yield {"address": address, "env": env, "gcs_address": f"127.0.0.1:{gcs_port}"}
     head.terminate()
     try:
         head.wait(timeout=60)
@@ -66,10 +67,14 @@ def test_job_client_without_token_is_rejected(head_node):
     assert result.returncode != 0
 
 
-def test_submitted_training_job_writes_bundle(head_node, ml100k_slice, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def submitted_job(head_node, ml100k_slice, tmp_path_factory):
+    """The README's flow: submit with --no-wait, follow the log until the job ends, then ask its status."""
+    out = tmp_path_factory.mktemp("submit") / "out"
+    submission_id = "rayrec-train-test"
     command = [
-        "job", "submit", "--address", head_node["address"], "--working-dir", str(REPO), "--",
+        "job", "submit", "--address", head_node["address"], "--working-dir", str(REPO), "--no-wait",
+        "--submission-id", submission_id, "--",
         "python", "jobs/train.py", "--config", "configs/ml-100k.yaml",
         "data.dataset=null", f"data.input_path={ml100k_slice}", f"data.output_dir={out}/prepared",
         "model.max_len=20", "model.hidden_size=16", "model.num_layers=1",
@@ -78,14 +83,69 @@ def test_submitted_training_job_writes_bundle(head_node, ml100k_slice, tmp_path)
     ]
     deadline = time.monotonic() + 120
     while True:
-        result = _ray(*command, env=head_node["env"], timeout=900, check=False)
+        submit = _ray(*command, env=head_node["env"], timeout=120, check=False)
         # The head serves `job list` a little before its job agent accepts submissions.
-        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+        if "No available agent" not in submit.stderr or time.monotonic() > deadline:
             break
         time.sleep(3)
+    logs = _ray("job", "logs", "--address", head_node["address"], "--follow", submission_id, env=head_node["env"],
+                timeout=900, check=False)
+    status = _ray("job", "status", "--address", head_node["address"], submission_id, env=head_node["env"],
+                  check=False)
+    return {"out": out, "submit": submit, "logs": logs, "status": status}
 
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "succeeded" in (result.stdout + result.stderr).lower()
+
+def test_submitted_training_job_writes_bundle(submitted_job):
+    out, submit = submitted_job["out"], submitted_job["submit"]
+
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in (submitted_job["status"].stdout + submitted_job["status"].stderr).lower(), \
+        submitted_job["logs"].stdout[-3000:]
     for name in ("model.pt", "bundle.json", "vocab.parquet", "histories.parquet", "config.yaml"):
         assert (out / "bundle" / name).exists(), name
     assert list((out / "runs").rglob("state.pt"))
+
+
+def test_job_log_names_bundle(submitted_job):
+    logs = submitted_job["logs"]
+
+    assert logs.returncode == 0, logs.stderr[-3000:]
+    assert f"Bundle written to {submitted_job['out'] / 'bundle'}" in logs.stdout
+
+
+def test_serve_deploys_bundle_on_head(head_node, submitted_job):
+    """`rayrec serve --bundle` with RAY_ADDRESS set deploys on the head node; then SIGTERM shuts Serve down."""
+    from conftest import free_port
+
+    port = free_port()
+    env = {**head_node["env"], "RAY_ADDRESS": head_node["gcs_address"], "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([str(BIN / "rayrec"), "serve", "--bundle", str(submitted_job["out"] / "bundle"),
+                               "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
+    try:
+        response = _post_when_serving(f"http://127.0.0.1:{port}", server, lines, timeout_s=180)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+        reader.join(timeout=10)
+    output = "".join(lines)
+
+    assert response is not None, output[-3000:]
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) == 5
+    assert f"Serving at http://127.0.0.1:{port}" in output
+
+
+def _post_when_serving(url: str, server: subprocess.Popen, lines: list[str], timeout_s: float):
+    """Wait for `rayrec serve` to print its URL (it then handles SIGTERM), then send one request."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        if any("Serving at" in line for line in lines):
+            return httpx.post(f"{url}/recommend", json={"user_id": "1", "k": 5}, timeout=30)
+        time.sleep(1)
+    return None

@@ -11,6 +11,7 @@ works there, and torchao would be a new dependency.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal
 
 import torch
@@ -37,7 +38,10 @@ def quantize_model(model: nn.Module, mode: Quantize) -> nn.Module:
     if linear_layers == 0:
         raise ValueError(f"quantize int8 found no nn.Linear layer in {type(model).__name__}; set quantize to none.")
 
-    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch 2.13 warns on every quantized weight that these tensor types are deprecated; the NOTE above covers it.
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     quantized.eval()
     logger.info("Quantized %d nn.Linear layer(s) of %s to int8", linear_layers, type(model).__name__)
     return quantized

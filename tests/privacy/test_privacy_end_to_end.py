@@ -145,6 +145,10 @@ def test_missing_or_wrong_token_gets_401(run):
         assert response.headers["www-authenticate"] == "Bearer", name
 
     assert httpx.get(f"{url}/model", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/openapi.json", timeout=30).status_code == 401
+    batch = httpx.post(f"{url}/recommend/batch", json={"requests": [body]}, timeout=30)
+    assert batch.status_code == 401
+    assert httpx.get(f"{url}/model", headers=_auth(), timeout=30).status_code == 200
 
 
 def test_healthz_open_without_token(run):

@@ -1,4 +1,5 @@
-"""The HTTP layer of the Serve app: the FastAPI object, a body-size limit, metrics and error bodies.
+"""The HTTP layer of the Serve app: the FastAPI object, an optional bearer-token check, a body-size
+limit, metrics and error bodies.
 
 The recommender deployment declares its routes on `api`; this module contains what wraps them.
 """

@@ -37,7 +37,7 @@ class AppArgs(BaseModel):
     auth_token_file: str | None = Field(
         None, description="File with a bearer token that every route but /healthz requires; default: no token check.")
     auth_token_env: str | None = Field(
-        None, description="Name of an environment variable of the replica that holds the bearer token, instead of a file.")
+        None, description="Name of an environment variable of the replica that contains the bearer token, instead of a file.")
 
     @model_validator(mode="after")
     def _one_token_source(self) -> "AppArgs":

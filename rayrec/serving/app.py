@@ -33,9 +33,9 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where replicas run the model; auto picks CUDA when the replica has a GPU.")
     quantize: Quantize = Field("none", description="int8: dynamic int8 quantization of the model's nn.Linear layers (CPU only); none: float32.")
     user_id_key_file: str | None = Field(
-        None, description="File with the key of a bundle with pseudonymised user ids; default: $RAYREC_USER_ID_KEY in the replica.")
+        None, description="Absolute path of the key file of a bundle with pseudonymised user ids; default: $RAYREC_USER_ID_KEY in the replica.")
     auth_token_file: str | None = Field(
-        None, description="File with a bearer token that every route but /healthz requires; default: no token check.")
+        None, description="Absolute path of a file with a bearer token that every route but /healthz requires; default: no token check.")
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable of the replica that contains the bearer token, instead of a file.")
 

@@ -49,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(prepare)
     prepare.set_defaults(handler=_prepare)
 
-    train = commands.add_parser("train", help="Train SASRec with Ray Train and write a model bundle.")
+    train = commands.add_parser("train", help="Train SASRec or BERT4Rec with Ray Train and write a model bundle.")
     _add_config_arguments(train)
     train.add_argument("--skip-prepare", action="store_true",
                        help="Reuse data.output_dir instead of preparing it again (default: off, prepare first).")
+    train.add_argument("--resume", action="store_true",
+                       help="Continue train.run_name, or else the newest run under train.storage_path, at the epoch "
+                            "after its latest checkpoint; reuses data.output_dir (default: off, start a new run).")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="Full-ranking HR, NDCG and MRR of a bundle on a prepared split.")
@@ -247,12 +250,12 @@ def save_config(config, folder: str | Path) -> None:
         config.save(Path(folder) / "config.yaml")
 
 
-def run_train(config, prepare_time_s: float | None = None):
+def run_train(config, prepare_time_s: float | None = None, resume: bool = False):
     from rayrec.training.report import write_run_report
     from rayrec.training.trainer import train
 
     init_ray()
-    output = train(config.data.output_dir, config.model, config.train, dataset_label(config))
+    output = train(config.data.output_dir, config.model, config.train, dataset_label(config), resume=resume)
     save_config(config, output.bundle_dir)
     # NOTE: the report reads the prepared data and writes next to the bundle on local disk only.
     if storage.is_uri(config.data.output_dir) or storage.is_uri(output.bundle_dir):
@@ -282,9 +285,9 @@ def _prepare(args) -> int:
 def _train(args) -> int:
     config = _load_run_config(args)
     prepare_time_s = None
-    if not args.skip_prepare:
+    if not (args.skip_prepare or args.resume):
         prepare_time_s = run_prepare(config).wall_time_s
-    run_train(config, prepare_time_s)
+    run_train(config, prepare_time_s, resume=args.resume)
     return 0
 
 

@@ -47,6 +47,8 @@ class TrainState:
     epochs_without_improvement: int = 0
     # One entry per finished epoch (train_loss, validation metrics, train_time_s, epoch_time_s) for reports.
     history: list[dict[str, float]] = field(default_factory=list)
+    # Epoch at which each restart from a checkpoint continued: worker failures and --resume.
+    resumed_at: list[int] = field(default_factory=list)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -115,6 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         **_evaluate(module, splits["test"], ks, "test_", config, rank),
         "best_epoch": state.best_epoch,
         "epochs_trained": state.next_epoch,
+        "resumed_at_epochs": list(state.resumed_at),
         "final": True,
     }
     logger.info("Best epoch %d | test NDCG@%d %.4f HR@%d %.4f MRR@%d %.4f%s", state.best_epoch,
@@ -349,6 +352,7 @@ def _restore(module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainState,
     if saved.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     state = TrainState(**saved["train_state"])
+    state.resumed_at.append(state.next_epoch)
     logger.info("Resumed from checkpoint at epoch %d (best epoch %d)", state.next_epoch, state.best_epoch)
     return state, saved["best_model"]
 

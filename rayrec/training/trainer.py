@@ -73,10 +73,13 @@ def train(
     model_config: ModelConfig,
     config: TrainConfig,
     dataset_name: str,
+    resume: bool = False,
 ) -> TrainOutput:
     """Train the configured model on a prepared directory with Ray Train and write the bundle.
 
-    Expects Ray to be initialized (`ray.init()` locally, or a job on a cluster).
+    Expects Ray to be initialized (`ray.init()` locally, or a job on a cluster). With `resume`,
+    the run named `config.run_name`, or else the newest run under `config.storage_path` that
+    has a checkpoint, continues at the epoch after its latest checkpoint.
     """
     start = time.perf_counter()
     prepared = _Prepared(*storage.resolve(prepared_dir), shown=storage.without_query(prepared_dir))
@@ -90,8 +93,18 @@ def train(
         config.num_workers, resources.cpus_per_worker, resources.torch_threads, resources.free_cpus, cluster_cpus,
     )
 
-    run_name = config.run_name or f"{model_config.architecture}-{dataset_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     storage_filesystem, storage_path, storage_shown = _storage_location(config.storage_path)
+    if resume:
+        run_name = config.run_name or latest_run_name(config.storage_path)
+        if run_name is None:
+            raise FileNotFoundError(
+                f"--resume found no run with a checkpoint under {storage_shown}; train once without --resume, "
+                "or set train.run_name and train.storage_path to the run to continue."
+            )
+        logger.info("Resuming run %s from its latest checkpoint in %s", run_name, storage_shown)
+    else:
+        run_name = config.run_name or f"{model_config.architecture}-{dataset_name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    # Ray Train continues a run whose folder under storage_path already has checkpoints.
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -122,7 +135,8 @@ def train(
         raise RuntimeError(f"Training run {run_name} failed: {result.error}") from result.error
 
     metrics = {key: value for key, value in result.metrics.items() if key.startswith(("valid_", "test_"))}
-    metrics.update(best_epoch=result.metrics["best_epoch"], epochs_trained=result.metrics["epochs_trained"])
+    metrics.update(best_epoch=result.metrics["best_epoch"], epochs_trained=result.metrics["epochs_trained"],
+                   resumed_at_epochs=result.metrics["resumed_at_epochs"])
     export_start = time.perf_counter()
     bundle_dir = export_bundle(
         prepared, config.bundle_dir, load_best_weights(result.checkpoint), model_config,
@@ -175,6 +189,26 @@ def _check_prepared(prepared: _Prepared) -> None:
         raise FileNotFoundError(
             f"{prepared.shown} is not a prepared dataset: missing {', '.join(missing)}. Run `rayrec prepare` first."
         )
+
+
+def latest_run_name(storage_path: str) -> str | None:
+    """Return the run under `storage_path` with the newest checkpoint, or None if there is none.
+
+    Ray Train names checkpoint folders `checkpoint_<UTC time>`, so names sort by time; object
+    stores keep no folder times.
+    """
+    filesystem, root = storage.resolve(storage_path)
+    newest: tuple[str, str] | None = None
+    runs = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for run in runs:
+        if run.type != pafs.FileType.Directory:
+            continue
+        entries = filesystem.get_file_info(pafs.FileSelector(run.path, allow_not_found=True))
+        checkpoints = [entry.base_name for entry in entries
+                       if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_")]
+        if checkpoints and (newest is None or max(checkpoints) > newest[0]):
+            newest = (max(checkpoints), run.base_name)
+    return newest[1] if newest else None
 
 
 def _storage_location(storage_path: str) -> tuple[pafs.FileSystem | None, str, str]:

@@ -208,7 +208,7 @@ def test_train_writes_report_and_configs(ray_local, ml100k_slice, tmp_path, caps
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         assert saved["model"]["hidden_size"] == 16, folder
     report = (run_dir / "report.md").read_text()
-    assert "| metric | model | most popular |" in report
+    assert "| metric | model | model, seen items kept | model, sampled | most popular |" in report
     assert "| prepare (Ray Data) |" in report
     assert report.count("\n| 1 | ") == 1  # the second epoch's row in the per-epoch table
     assert (run_dir / "valid_ndcg.png").stat().st_size > 1000

@@ -2,7 +2,7 @@
 
 `ray.cluster_utils.Cluster` starts each node as its own raylet with its own worker processes.
 Every artifact goes to a moto S3 server on 127.0.0.1, so no step relies on a shared disk or a
-shared working directory. Each node has 3 CPUs, and a training worker asks for 2, so the two
+shared working directory. Each node has 3 CPUs, and a training worker requests 2, so the two
 training workers can only run on different nodes; the custom resource `replica_slot` (1 per
 node) does the same for the two Serve replicas.
 """

@@ -119,3 +119,18 @@ def test_missing_prepared_uri_clear_error(s3_ray, capsys):
     assert code == 2
     assert f"s3://{s3_ray['bucket']}/nothing/prepared is not a prepared dataset: missing vocab.parquet" in err
     assert "endpoint_override" not in err
+
+
+def test_batch_recommend_s3_to_s3(s3_run, capsys):
+    output = f"s3://{s3_run['bucket']}/run/top5?{s3_run['query']}"
+
+    code = main(["batch-recommend", "--bundle", s3_run["uris"]["bundle"], "--output", output, "-k", "5"])
+    filesystem, path = storage.resolve(output)
+    rows = {row["user_id"]: row for row in pq.read_table(path, filesystem=filesystem).to_pylist()}
+    bundle = load_bundle(s3_run["uris"]["bundle"])
+    expected = rank_queries(bundle, [resolve_query(bundle, "u007", None, 5)])[0]
+
+    assert code == 0
+    assert sorted(rows) == sorted(bundle.histories)
+    assert rows["u007"]["item_ids"] == [bundle.item_ids[index] for index, _ in expected]
+    assert "endpoint_override" not in capsys.readouterr().out

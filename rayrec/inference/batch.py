@@ -107,15 +107,16 @@ def batch_recommend(config: BatchRecommendConfig) -> BatchRecommendStats:
     check_bundle(config.bundle)
     known = _bundle_users(config.bundle)
     requested = known if config.users_path is None else read_user_ids(config.users_path)
-    is_known = np.isin(np.asarray(requested, dtype=object), np.asarray(known, dtype=object))
-    users = [user for user, ok in zip(requested, is_known) if ok]
-    unknown = [user for user, ok in zip(requested, is_known) if not ok]
+    known_set = set(known)
+    users = [user for user in requested if user in known_set]
+    unknown = [user for user in requested if user not in known_set]
     if unknown:
         logger.warning("%d of %d requested users are not in the bundle and get no row, for example %s",
                        len(unknown), len(requested), unknown[:UNKNOWN_USERS_SHOWN])
     logger.info("Batch recommend: %d users in, top-%d from %s to %s", len(requested), config.k,
                 storage.without_query(config.bundle), storage.without_query(config.output))
 
+    _check_cpus(config)
     filesystem, output_path = storage.replace_dir(config.output)
     rows_written = _score_and_write(users, config, filesystem, output_path) if users else 0
     if rows_written != len(users):
@@ -137,9 +138,12 @@ def batch_recommend(config: BatchRecommendConfig) -> BatchRecommendStats:
 
 def _score_and_write(users: list[str], config: BatchRecommendConfig, filesystem: pafs.FileSystem,
                      output_path: str) -> int:
-    # Enough blocks to keep every actor busy, but never more blocks than users.
+    # Enough blocks to keep every actor busy, but never more blocks than users. Slicing here
+    # makes the blocks without a shuffle, whose tasks would need CPUs that the actors hold.
     num_blocks = max(1, min(len(users), config.num_actors * 4))
-    dataset = ray.data.from_arrow(pa.table({"user_id": pa.array(users, pa.string())})).repartition(num_blocks)
+    table = pa.table({"user_id": pa.array(users, pa.string())})
+    bounds = np.linspace(0, len(users), num_blocks + 1).astype(int)
+    dataset = ray.data.from_arrow([table.slice(start, end - start) for start, end in zip(bounds[:-1], bounds[1:])])
     ranked = dataset.map_batches(
         TopKScorer,
         fn_constructor_kwargs={"bundle": config.bundle, "k": config.k, "exclude_seen": config.exclude_seen,
@@ -157,6 +161,14 @@ def _count_rows(filesystem: pafs.FileSystem, output_path: str) -> int:
     selector = pafs.FileSelector(output_path, recursive=True)
     files = [info.path for info in filesystem.get_file_info(selector) if info.path.endswith(".parquet")]
     return sum(pq.read_metadata(path, filesystem=filesystem).num_rows for path in files)
+
+
+def _check_cpus(config: BatchRecommendConfig) -> None:
+    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+    requested = config.num_actors * config.num_cpus
+    if requested > cluster_cpus:
+        raise ValueError(f"{config.num_actors} scoring actors x {config.num_cpus:g} CPUs = {requested:g} CPUs, but the "
+                         f"Ray cluster has {cluster_cpus:g}; lower --actors or --cpus-per-actor.")
 
 
 def read_user_ids(path: str) -> list[str]:

@@ -151,3 +151,12 @@ def test_users_file_errors(tmp_path):
 def test_config_rejects_bad_k():
     with pytest.raises(ValueError, match=r"k \(0\) must be at least 1"):
         BatchRecommendConfig(bundle="b", output="o", k=0)
+
+
+@pytest.mark.ray
+def test_too_many_actor_cpus_rejected(ray_local, bundle_dir, tmp_path):
+    config = BatchRecommendConfig(bundle=str(bundle_dir), output=str(tmp_path / "top"), num_actors=3, num_cpus=1.0)
+
+    with pytest.raises(ValueError, match=r"3 scoring actors x 1 CPUs = 3 CPUs, but the Ray cluster has 2"):
+        batch_recommend(config)
+    assert not (tmp_path / "top").exists()

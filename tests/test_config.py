@@ -25,7 +25,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  hidden: 64\n")
 
-    with pytest.raises(ConfigError, match="unknown key\\(s\\) hidden in ModelConfig. Valid keys: dropout, hidden_size"):
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) hidden in ModelConfig. Valid keys: activation_checkpointing, architecture, dropout, hidden_size"):
         load_config(path)
 
 

@@ -49,5 +49,5 @@ def metrics_from_sums(sums: torch.Tensor, ks: Sequence[int], prefix: str) -> dic
 
 
 def reported_ks(eval_k: int) -> tuple[int, ...]:
-    """The cutoffs every evaluation reports: 5, 10 and 20, plus `eval_k` if it is another value."""
+    """Return the cutoffs every evaluation reports: 5, 10 and 20, plus `eval_k` if it is another value."""
     return tuple(sorted({*REPORTED_KS, eval_k}))

@@ -24,7 +24,7 @@ SMALL_MODEL = ["model.max_len=20", "model.hidden_size=16", "model.num_layers=1",
 
 
 def _checkpoints(storage: Path) -> list[Path]:
-    # Ray Train writes checkpoint_manager_snapshot.json at the start; a checkpoint holds state.pt.
+    # Ray Train writes checkpoint_manager_snapshot.json at the start, and each checkpoint contains state.pt.
     return sorted(path.parent for path in storage.rglob("checkpoint_*/state.pt"))
 
 

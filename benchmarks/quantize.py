@@ -1,17 +1,18 @@
-"""Accuracy and CPU speed of a bundle's model with and without dynamic int8 quantization.
+"""Accuracy and CPU speed of a bundle's model in float32, dynamic int8 and bfloat16.
 
     python benchmarks/quantize.py --bundle outputs/ml-100k/bundle --prepared outputs/ml-100k/prepared
 
 Accuracy: full-ranking NDCG@10 and HR@10 on a split (each user's earlier items excluded,
-as in `rayrec evaluate`), for float32 and int8, and the standard error of the per-user
-NDCG@10 difference, which is paired because both models rank the same users.
+as in `rayrec evaluate`), for each model, and the standard error of each per-user NDCG@10
+difference from float32, which is paired because the models rank the same users.
 
 Consistency: the share of users whose top-10 order is the same when scored alone and in a
 batch of 32, as a serving replica batches concurrent requests.
 
 Speed: `score_last` over batches of test histories with one torch thread, as a serving
-replica runs it. The two models alternate in each round, so drift on a shared machine hits
-both; the script reports medians and the int8/float32 ratios measured in the same run.
+replica runs it. The models alternate in each round, so drift on a shared machine hits all
+of them; the script reports medians and the ratios to float32 measured in the same run.
+bf16 is meant for GPU replicas; its CPU timing depends on the CPU's bf16 matmul support.
 """
 
 import argparse
@@ -88,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(1)
     bundle = load_bundle(args.bundle)
     max_len = bundle.model.config.max_len
-    models = {"float32": bundle.model, "int8": quantize_model(bundle.model, "int8")}
+    models = {"float32": bundle.model, "int8": quantize_model(bundle.model, "int8"), "bf16": quantize_model(bundle.model, "bf16")}
     table = pq.read_table(f"{args.prepared}/{args.split}", columns=["history", "target"])
     histories = [np.asarray(h, dtype=np.int64) for h in table["history"].to_pylist()]
     targets = table["target"].to_numpy().astype(np.int64)
@@ -99,9 +100,10 @@ def main() -> None:
     per_user = {name: per_user_ndcg_hr(model, histories, targets, max_len) for name, model in models.items()}
     for name, (ndcg, hr) in per_user.items():
         results["accuracy"][name] = {"ndcg@10": round(float(ndcg.mean()), 4), "hr@10": round(float(hr.mean()), 4)}
-    difference = per_user["int8"][0] - per_user["float32"][0]
-    results["accuracy"]["ndcg@10_difference"] = round(float(difference.mean()), 4)
-    results["accuracy"]["ndcg@10_difference_stderr"] = round(float(difference.std(ddof=1) / len(difference) ** 0.5), 4)
+    for name in ("int8", "bf16"):
+        difference = per_user[name][0] - per_user["float32"][0]
+        results["accuracy"][f"{name}_ndcg@10_difference"] = round(float(difference.mean()), 4)
+        results["accuracy"][f"{name}_ndcg@10_difference_stderr"] = round(float(difference.std(ddof=1) / len(difference) ** 0.5), 4)
 
     # Dynamic int8 quantizes activations with one scale per batch, so other rows can change a user's scores.
     sample = histories[:args.consistency_users]
@@ -113,9 +115,8 @@ def main() -> None:
         medians = time_batches(models, histories, batch_size, args.rounds, max_len)
         results["latency_ms"][f"batch_{batch_size}"] = {
             **{name: round(ms, 3) for name, ms in medians.items()},
-            "int8_over_float32": round(medians["int8"] / medians["float32"], 3),
-            "int8_rows_per_s": round(batch_size / medians["int8"] * 1000, 1),
-            "float32_rows_per_s": round(batch_size / medians["float32"] * 1000, 1),
+            **{f"{name}_over_float32": round(medians[name] / medians["float32"], 3) for name in ("int8", "bf16")},
+            **{f"{name}_rows_per_s": round(batch_size / ms * 1000, 1) for name, ms in medians.items()},
         }
     print(json.dumps(results, indent=2))
     if args.output:

@@ -1,8 +1,13 @@
-"""Dynamic int8 quantization of a model's nn.Linear layers for CPU inference.
+"""Lower-precision copies of a model for inference: dynamic int8 on CPU, bfloat16 anywhere.
 
-`torch.ao.quantization.quantize_dynamic` stores each nn.Linear weight as int8 and quantizes
-activations per batch at run time. Embeddings, LayerNorm and the catalog scoring (a matmul
-with the item embedding table) stay float32. Any model works, whatever Linear layers it has.
+`int8`: `torch.ao.quantization.quantize_dynamic` stores each nn.Linear weight as int8 and
+quantizes activations per batch at run time. Embeddings, LayerNorm and the catalog scoring (a
+matmul with the item embedding table) stay float32. Any model works, whatever Linear layers it has.
+
+`bf16`: the Transformer layers' weights and activations in bfloat16, for GPU replicas (and
+CPUs with bf16 matmul support). The item table, and with it the catalog scoring, stays float32:
+bfloat16 logits keep 8 bits of mantissa, and their ties would reorder the top-k. Each row is
+computed alone, so unlike int8 a user's scores do not depend on the rest of the batch.
 
 NOTE: torch 2.13 marks `torch.ao.quantization` as deprecated in favour of torchao; it still
 works there, and torchao would be a new dependency.
@@ -10,6 +15,7 @@ works there, and torchao would be a new dependency.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from typing import Literal
@@ -19,16 +25,18 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-Quantize = Literal["none", "int8"]
-QUANTIZE_MODES = ("none", "int8")
+Quantize = Literal["none", "int8", "bf16"]
+QUANTIZE_MODES = ("none", "int8", "bf16")
 
 
 def quantize_model(model: nn.Module, mode: Quantize) -> nn.Module:
-    """Return `model` itself for `none`, or an int8 copy of it for `int8`; the model must be on CPU."""
+    """Return `model` itself for `none`, or a copy in int8 (model on CPU) or in bfloat16."""
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize {mode!r} is invalid; use one of {', '.join(QUANTIZE_MODES)}.")
     if mode == "none":
         return model
+    if mode == "bf16":
+        return _to_bfloat16(model)
 
     device = next(model.parameters()).device
     if device.type != "cpu":
@@ -45,3 +53,13 @@ def quantize_model(model: nn.Module, mode: Quantize) -> nn.Module:
     quantized.eval()
     logger.info("Quantized %d nn.Linear layer(s) of %s to int8", linear_layers, type(model).__name__)
     return quantized
+
+
+def _to_bfloat16(model: nn.Module) -> nn.Module:
+    # A copy, so the caller's float32 model stays as it was (nn.Module.to casts in place).
+    converted = copy.deepcopy(model).to(torch.bfloat16).eval()
+    item_table = getattr(converted, "item_emb", None)
+    if isinstance(item_table, nn.Embedding):
+        item_table.float()
+    logger.info("Cast %s to bfloat16", type(model).__name__)
+    return converted

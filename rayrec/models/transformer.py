@@ -130,10 +130,12 @@ class SequenceRecommender(nn.Module):
         B, T = item_ids.shape
         if T > self.config.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len {self.config.max_len}; truncate histories first.")
-        keep = (item_ids != PADDING_ID).unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, T, 1)
+        # The layers' dtype: a bfloat16 copy for serving keeps only the item table in float32.
+        dtype = self.pos_emb.weight.dtype
+        keep = (item_ids != PADDING_ID).unsqueeze(-1).to(dtype)  # (B, T, 1)
         positions = torch.arange(T, device=item_ids.device)  # (T,)
 
-        x = self.item_emb(item_ids) * math.sqrt(self.config.hidden_size) + self.pos_emb(positions)  # (B, T, C)
+        x = self.item_emb(item_ids).to(dtype) * math.sqrt(self.config.hidden_size) + self.pos_emb(positions)  # (B, T, C)
         x = self.emb_dropout(x) * keep
         for block in self.blocks:
             if self.config.activation_checkpointing and self.training:
@@ -148,7 +150,8 @@ class SequenceRecommender(nn.Module):
 
     def catalog_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Score every item id against hidden states (..., C) -> (..., N + 1)."""
-        logits = hidden @ self.catalog_weights().T
+        weights = self.catalog_weights()
+        logits = hidden.to(weights.dtype) @ weights.T
         logits[..., PADDING_ID] = float("-inf")
         return logits
 

@@ -98,9 +98,9 @@ class Recommender:
                  auth_token_env: str | None = None):
         torch.set_num_threads(torch_threads)
         self.device = pick_device(device)
-        if quantize != "none" and self.device.type != "cpu":
-            raise ValueError(f"args.quantize {quantize} runs on CPU only, but this replica uses {self.device}; "
-                             "set args.quantize to none or args.device to cpu.")
+        if quantize == "int8" and self.device.type != "cpu":
+            raise ValueError(f"args.quantize int8 runs on CPU only, but this replica uses {self.device}; "
+                             "set args.quantize to bf16 or none, or args.device to cpu.")
         self.quantize = quantize
         self.user_id_key_file = user_id_key_file
         set_auth_token(load_auth_token(auth_token_file, auth_token_env))

@@ -94,3 +94,14 @@ def test_replica_quantizes_int8(tmp_path):
     assert not any(type(m) is torch.nn.Linear for m in modules)
     assert replica.metadata()["quantize"] == "int8"
     assert replica.metadata()["user_ids"] is None
+
+
+def test_replica_serves_bf16(tmp_path):
+    import torch
+
+    bundle_dir = _bundle_dir(tmp_path, pseudonymised=False)
+    replica = _replica_class()(device="cpu", quantize="bf16")
+    asyncio.run(replica.reconfigure({"bundle_path": str(bundle_dir)}))
+
+    assert {m.weight.dtype for m in replica.bundle.model.modules() if isinstance(m, torch.nn.Linear)} == {torch.bfloat16}
+    assert replica.metadata()["quantize"] == "bf16"

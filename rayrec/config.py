@@ -202,6 +202,7 @@ FIELD_DOCS: dict[str, str] = {
     "model.negatives": "Negatives of sampled_softmax: uniform draws num_negatives items; in_batch uses the batch's other targets.",
     "model.num_negatives": "Items drawn per batch for sampled_softmax with uniform negatives.",
     "model.mask_prob": "bert4rec: probability that a training item is replaced by the mask id.",
+    "model.mask_last_item": "bert4rec: also mask the last item of every training sequence, as ranking does after the history.",
     "model.activation_checkpointing": "Recompute block activations in the backward pass: less memory for long sequences, more compute.",
     "train.num_workers": "Ray Train data-parallel workers (DDP processes).",
     "train.use_gpu": "Give each worker one GPU and train with nccl; false trains on CPUs with gloo.",

@@ -2,8 +2,9 @@
 
 Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations
 from Transformer", CIKM 2019. Training replaces each real item with the mask id (N + 1) with
-probability `mask_prob` and predicts the original item at those positions. Ranking appends
-the mask id after the history and scores the catalog at that position.
+probability `mask_prob` and predicts the original item at those positions; with
+`mask_last_item` the last item of every sequence is masked too. Ranking appends the mask id
+after the history and scores the catalog at that position.
 
 It shares the layers, the padding rules and the losses of SASRec (`transformer.py`); the
 attention sees the whole sequence, with padding keys masked.
@@ -32,8 +33,10 @@ class BERT4Rec(SequenceRecommender):
 
         # Every sequence gets at least one target: rows without a masked item mask their last item.
         lengths = real.sum(dim=1)  # (B,)
-        empty = ~masked.any(dim=1) & (lengths > 0)
-        rows = torch.nonzero(empty).squeeze(1)
+        last = ~masked.any(dim=1) & (lengths > 0)
+        if self.config.mask_last_item:
+            last = lengths > 0
+        rows = torch.nonzero(last).squeeze(1)
         masked[rows, lengths[rows] - 1] = True
 
         inputs = item_ids.masked_fill(masked, self.mask_id)

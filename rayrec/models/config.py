@@ -34,6 +34,8 @@ class ModelConfig:
     negatives: Literal["uniform", "in_batch"] = "uniform"
     num_negatives: int = 256
     mask_prob: float = 0.2
+    # bert4rec: also mask each training sequence's last item, the same task as ranking (a mask after the history).
+    mask_last_item: bool = False
     # Recompute each block's activations in the backward pass: less memory for long sequences, about 30 % more compute.
     activation_checkpointing: bool = False
 

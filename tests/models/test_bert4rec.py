@@ -48,6 +48,21 @@ def test_row_without_a_draw_masks_its_last_item():
     assert batch.target_ids.tolist() == [[0, 0, 6, 0, 0, 0]]
 
 
+def test_mask_last_item_masks_every_last_item():
+    model = _model(mask_prob=0.3, mask_last_item=True)
+    item_ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 0, 0, 0, 0], [9, 0, 0, 0, 0, 0]])
+    torch.manual_seed(3)
+
+    batch = model.training_batch(item_ids)
+
+    assert batch.item_ids[0, 5] == model.mask_id
+    assert batch.item_ids[1, 1] == model.mask_id
+    assert batch.item_ids[2, 0] == model.mask_id
+    assert batch.target_ids[0, 5] == 6
+    assert batch.target_ids[1, 1] == 8
+    assert not (batch.item_ids == model.mask_id)[item_ids == PADDING_ID].any()
+
+
 def test_attention_sees_later_items():
     model = _model()
     # Changing the item after the mask changes the score at the mask, unlike a causal model.

@@ -5,9 +5,9 @@ quantizes activations per batch at run time. Embeddings, LayerNorm and the catal
 matmul with the item embedding table) stay float32. Any model works, whatever Linear layers it has.
 
 `bf16`: the Transformer layers' weights and activations in bfloat16, for GPU replicas (and
-CPUs with bf16 matmul support). The item table, and with it the catalog scoring, stays float32:
-bfloat16 logits keep 8 bits of mantissa, and their ties would reorder the top-k. Each row is
-computed alone, so unlike int8 a user's scores do not depend on the rest of the batch.
+CPUs with bf16 matmul support). The item table, and with it the catalog scoring, stays float32,
+because bfloat16 logits carry about 3 significant digits and their ties would reorder the top-k.
+Unlike int8, bf16 has no per-batch activation scale.
 
 NOTE: torch 2.13 marks `torch.ao.quantization` as deprecated in favour of torchao; it still
 works there, and torchao would be a new dependency.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -42,6 +43,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def registered_checkpoints(filesystem, run_dir: str) -> int:
+    """How many checkpoints Ray Train's controller has registered for a run, read from its snapshot file.
+
+    A checkpoint folder is written before the controller registers it, and a worker that dies in
+    between takes the registration with it; only a registered checkpoint is used on restart.
+    """
+    try:
+        with filesystem.open_input_stream(f"{run_dir}/checkpoint_manager_snapshot.json") as stream:
+            snapshot = json.loads(stream.read())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return 0
+    return len(snapshot.get("checkpoint_results") or [])
 
 
 def init_local_ray() -> None:

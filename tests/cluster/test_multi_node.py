@@ -7,7 +7,6 @@ training workers can only run on different nodes; the custom resource `replica_s
 node) does the same for the two Serve replicas.
 """
 
-import os
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from conftest import free_port, shared_ray_paused, write_interactions
+from conftest import free_port, registered_checkpoints, shared_ray_paused, write_interactions
 from rayrec import storage
 from rayrec.cli import main
 
@@ -113,13 +112,8 @@ def test_replicas_on_both_nodes_answer(cluster, two_node_run, tmp_path):
     assert all(len(response.json()["items"]) == 5 for response in responses)
 
 
-# NOTE: passes when run alone, but in the full suite of 2026-12-05 the run finished without
-# restarting from a checkpoint; the cause is not found yet. Run with RAYREC_KILL_TESTS=1.
-@pytest.mark.skipif(os.environ.get("RAYREC_KILL_TESTS") != "1",
-                    reason="in the full suite the restart did not resume from a checkpoint (cause unknown); "
-                           "set RAYREC_KILL_TESTS=1 to run it")
 def test_node_kill_resumes_from_checkpoint(cluster, two_node_run, tmp_path):
-    """Kill the worker node after two checkpoints; training resumes from the latest and finishes."""
+    """Kill the worker node after a registered checkpoint; training resumes from the latest and finishes."""
     from rayrec.config import load_config
     from rayrec.training.trainer import train
 
@@ -137,19 +131,19 @@ def test_node_kill_resumes_from_checkpoint(cluster, two_node_run, tmp_path):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    # A checkpoint folder appears in storage before Ray Train registers it, so wait for a second
-    # one: by then the first is registered, and a restart must continue from epoch 1 or later.
+    # Kill once Ray Train has registered a checkpoint: from then on a restart must continue from it.
+    run_dir = f"{cluster['bucket']}/runs/node-kill"
     deadline = time.monotonic() + 120
-    while len(_checkpoints(cluster, "node-kill")) < 2 and time.monotonic() < deadline and thread.is_alive():
+    while registered_checkpoints(cluster["filesystem"], run_dir) < 1 and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.2)
-    killed_at = len(_checkpoints(cluster, "node-kill"))
+    killed_at = registered_checkpoints(cluster["filesystem"], run_dir)
     # No graceful shutdown: the node's raylet and workers die at once, as in a machine failure.
     cluster["cluster"].remove_node(cluster["worker"], allow_graceful=False)
     # A replacement node joins, as an autoscaler would add one; the run needs 2 nodes of 3 CPUs.
     cluster["worker"] = cluster["cluster"].add_node(num_cpus=NODE_CPUS, resources={"replica_slot": 1})
     thread.join(timeout=240)
 
-    assert killed_at >= 2
+    assert killed_at >= 1, "no checkpoint was registered within 120 s"
     assert not thread.is_alive(), "training did not finish within 240 s of the node kill"
     assert "error" not in outcome, outcome.get("error")
     metrics = outcome["output"].metrics

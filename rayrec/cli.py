@@ -154,6 +154,9 @@ def _add_bench_parser(commands) -> None:
                              help="Worker counts to measure; speed-ups are relative to the first (default: 1 2).")
     bench_train.add_argument("--work-dir", default="outputs/bench/train",
                              help="Folder for the runs' checkpoints and bundles (default: outputs/bench/train).")
+    bench_train.add_argument("--batch-per-worker", action="store_true",
+                             help="Keep train.batch_size sequences per worker, so the global batch grows with the "
+                                  "worker count (weak scaling); by default the global batch stays fixed (default: off).")
     bench_train.add_argument("--output", help="Also write the records as JSON to this file (default: none).")
     bench_train.set_defaults(handler=_bench_train)
 
@@ -453,7 +456,7 @@ def _bench_train(args) -> int:
                                 "config first, or set data.output_dir.")
     init_ray()
     records = measure_training_throughput(config.data.output_dir, config.model, config.train, args.work_dir,
-                                          tuple(args.workers), args.epochs)
+                                          tuple(args.workers), args.epochs, args.batch_per_worker)
     print(format_throughput(records))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

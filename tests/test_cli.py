@@ -236,7 +236,23 @@ def test_bench_train_two_worker_counts(trained, tmp_path, capsys):
     assert all(0 < record["train_s_per_epoch"] <= record["epoch_s"] for record in records)
     assert "speed-up vs 1 worker(s)" in printed
     assert [record["torch_threads_per_worker"] for record in records] == [2, 1]  # 2 CPUs in ray_local
+    assert [record["global_batch_size"] for record in records] == [64, 64]
     assert (tmp_path / "work" / "2-workers" / "bundle" / "bundle.json").exists()
+
+
+@pytest.mark.ray
+def test_bench_train_batch_per_worker(trained, tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert main([
+        "bench", "train", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--epochs", "1", "--workers", "2",
+        "--batch-per-worker", "--work-dir", str(tmp_path / "work"), "--output", str(output),
+        f"data.output_dir={trained['prepared']}", "model.max_len=20", "model.hidden_size=16", "model.num_layers=1",
+        "train.batch_size=32",
+    ]) == 0
+
+    records = json.loads(output.read_text())
+    assert [(record["workers"], record["global_batch_size"]) for record in records] == [(2, 64)]
+    assert "global batch" in capsys.readouterr().out
 
 
 def test_bench_train_rejects_zero_workers(capsys):

@@ -1,8 +1,10 @@
 """Training throughput for several worker counts on one prepared dataset, for `rayrec bench train`.
 
-Each worker count gets its own short Ray Train run with the same model, global batch size and
-data. Speed is compared as a ratio against the first worker count, measured in the same
-process minutes apart, because absolute timings on shared machines are noisy.
+Each worker count gets its own short Ray Train run with the same model and data. By default
+the global batch size stays the same. With `batch_per_worker`, each worker keeps the configured
+batch instead (weak scaling), so each gradient all-reduce serves more sequences. Speed is compared
+as a ratio against the first worker count, measured in the same process minutes apart,
+because absolute timings on shared machines are noisy.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def measure_training_throughput(
     work_dir: str | Path,
     worker_counts: tuple[int, ...] = (1, 2),
     epochs: int = 2,
+    batch_per_worker: bool = False,
 ) -> list[dict[str, Any]]:
     """Train `epochs` epochs per worker count and return one record per count.
 
@@ -48,8 +51,9 @@ def measure_training_throughput(
     sequences = count_training_sequences(prepared_dir, model_config.training_window)
     records = []
     for workers in worker_counts:
+        batch_size = train_config.batch_size * workers if batch_per_worker else train_config.batch_size
         config = dataclasses.replace(
-            train_config, num_workers=workers, max_epochs=epochs, patience=epochs + 1,
+            train_config, num_workers=workers, batch_size=batch_size, max_epochs=epochs, patience=epochs + 1,
             storage_path=str(Path(work_dir, f"{workers}-workers", "runs").resolve()),
             bundle_dir=str(Path(work_dir, f"{workers}-workers", "bundle")), run_name=f"bench-{workers}-workers",
         )
@@ -62,6 +66,7 @@ def measure_training_throughput(
         records.append({
             "workers": workers,
             "torch_threads_per_worker": plan.torch_threads,
+            "global_batch_size": batch_size,
             "epochs_timed": len(timed),
             "sequences_per_epoch": sequences,
             "train_s_per_epoch": train_s,
@@ -76,9 +81,10 @@ def measure_training_throughput(
 
 
 def format_throughput(records: list[dict[str, Any]]) -> str:
-    lines = ["workers  torch threads each  sequences/s  train s/epoch  epoch s (with validation)  speed-up vs "
-             f"{records[0]['workers']} worker(s)"]
+    lines = ["workers  torch threads each  global batch  sequences/s  train s/epoch  epoch s (with validation)  "
+             f"speed-up vs {records[0]['workers']} worker(s)"]
     for record in records:
-        lines.append(f"{record['workers']:>7}  {record['torch_threads_per_worker']:>18}  {record['sequences_per_s']:>11.0f}  "
+        lines.append(f"{record['workers']:>7}  {record['torch_threads_per_worker']:>18}  {record['global_batch_size']:>12}  "
+                     f"{record['sequences_per_s']:>11.0f}  "
                      f"{record['train_s_per_epoch']:>13.2f}  {record['epoch_s']:>25.2f}  {record['speedup']:.2f}x")
     return "\n".join(lines)

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-k", type=int, default=10, help="Cutoff for the metrics, in items (default: 10).")
     evaluate.add_argument("--quantize", default="none", choices=["none", "int8", "bf16"],
                           help="int8 or bf16: evaluate the model as a replica with that quantize setting serves it "
-                               "(int8: dynamic int8 linear layers; bf16: bfloat16 model) (default: none).")
+                               "(int8: dynamic int8 linear layers; bf16: Transformer layers in bfloat16) (default: none).")
     evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser("serve", help="Deploy a bundle with Ray Serve and block until interrupted.")
@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Add to each item the history items that raised its score most, by leave-one-out "
                                 "rescoring (default: off).")
     recommend.add_argument("--quantize", default="none", choices=["none", "int8", "bf16"],
-                           help="int8: dynamic int8 quantization of the model's linear layers; bf16: the model in "
-                                "bfloat16 (default: none).")
+                           help="int8: dynamic int8 quantization of the model's linear layers; bf16: the Transformer "
+                                "layers in bfloat16 (default: none).")
     recommend.add_argument("--user-id-key-file",
                            help="Key file of a bundle with pseudonymised user ids (default: $RAYREC_USER_ID_KEY).")
     recommend.set_defaults(handler=_recommend)

@@ -31,12 +31,13 @@ class BERT4Rec(SequenceRecommender):
         real = item_ids != PADDING_ID  # (B, T)
         masked = (torch.rand(item_ids.shape, device=item_ids.device) < self.config.mask_prob) & real
 
-        # Every sequence gets at least one target: rows without a masked item mask their last item.
+        # Every sequence gets at least one target: rows without a masked item mask their last
+        # item. With mask_last_item every row masks its last item.
         lengths = real.sum(dim=1)  # (B,)
-        last = ~masked.any(dim=1) & (lengths > 0)
-        if self.config.mask_last_item:
-            last = lengths > 0
-        rows = torch.nonzero(last).squeeze(1)
+        mask_last = lengths > 0
+        if not self.config.mask_last_item:
+            mask_last &= ~masked.any(dim=1)
+        rows = torch.nonzero(mask_last).squeeze(1)
         masked[rows, lengths[rows] - 1] = True
 
         inputs = item_ids.masked_fill(masked, self.mask_id)

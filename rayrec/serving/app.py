@@ -32,7 +32,7 @@ class AppArgs(BaseModel):
     torch_threads: int = Field(1, ge=1, le=256, description="Intra-op threads per recommender replica.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where replicas run the model; auto picks CUDA when the replica has a GPU.")
     quantize: Quantize = Field("none", description="int8: dynamic int8 quantization of the model's nn.Linear layers (CPU only); "
-                                                    "bf16: the whole model in bfloat16 (for GPU replicas); none: float32.")
+                                                    "bf16: the Transformer layers in bfloat16 (for GPU replicas); none: float32.")
     user_id_key_file: str | None = Field(
         None, description="Absolute path of the key file of a bundle with pseudonymised user ids; default: $RAYREC_USER_ID_KEY in the replica.")
     auth_token_file: str | None = Field(

@@ -48,7 +48,7 @@ def test_row_without_a_draw_masks_its_last_item():
     assert batch.target_ids.tolist() == [[0, 0, 6, 0, 0, 0]]
 
 
-def test_mask_last_item_masks_every_last_item():
+def test_mask_last_item_masks_every_row():
     model = _model(mask_prob=0.3, mask_last_item=True)
     item_ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 0, 0, 0, 0], [9, 0, 0, 0, 0, 0]])
     torch.manual_seed(3)

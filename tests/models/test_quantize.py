@@ -55,7 +55,7 @@ def test_model_without_linear_rejected():
         quantize_model(nn.Embedding(4, 2), "int8")
 
 
-def test_bf16_casts_the_layers_and_keeps_the_item_table():
+def test_bf16_keeps_item_table_float32():
     model = _model()
     converted = quantize_model(model, "bf16")
 

@@ -1,6 +1,8 @@
 """Submit the training job to a real head node on 127.0.0.1 with token authentication on."""
 
 import os
+import random
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +17,30 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def _ports_outside_ephemeral_range(count: int) -> list[int]:
+    """Pick free ports that no bind to port 0 can take while the head starts.
+
+    A port from bind(0) is released before `ray start` binds it, and Ray's own processes bind
+    port 0 too, so they could take it first. Ports below the OS's ephemeral range and above
+    Ray's default worker ports (10002-19999) are never handed out that way.
+    """
+    low, high = 20000, 32768
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if range_file.exists():
+        high = min(high, int(range_file.read_text().split()[0]))
+    ports = []
+    for port in random.sample(range(low, high), min(500, high - low)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    pytest.fail(f"found only {len(ports)} of {count} free ports between {low} and {high}")
+
+
 def _ray(*args, env, timeout=120, check=True):
     return subprocess.run([str(BIN / "ray"), *args], env=env, timeout=timeout, capture_output=True, text=True,
                           check=check)
@@ -22,8 +48,6 @@ def _ray(*args, env, timeout=120, check=True):
 
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
-    from conftest import free_port
-
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     # A token file must exist before `ray start`; the job client reads the same file.
@@ -31,7 +55,7 @@ def head_node(tmp_path_factory):
     if not token_path.exists():
         _ray("get-auth-token", "--generate", env=env)
 
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, *agent_ports = _ports_outside_ephemeral_range(7)
     temp_dir = tmp_path_factory.mktemp("ray-head")
     # --block keeps the head tied to this process, so stopping it does not touch other Ray instances.
     head = subprocess.Popen(
@@ -39,9 +63,9 @@ def head_node(tmp_path_factory):
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
          "--disable-usage-stats", f"--temp-dir={temp_dir}",
          # Ray's default agent ports may already be taken by the local Ray of other tests.
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--ray-client-server-port={free_port()}"],
+         f"--dashboard-agent-listen-port={agent_ports[0]}", f"--dashboard-agent-grpc-port={agent_ports[1]}",
+         f"--runtime-env-agent-port={agent_ports[2]}", f"--metrics-export-port={agent_ports[3]}",
+         f"--ray-client-server-port={agent_ports[4]}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard_port}"

@@ -11,8 +11,8 @@ batch of 32, as a serving replica batches concurrent requests.
 
 Speed: `score_last` over batches of test histories with one torch thread, as a serving
 replica runs it. The models alternate in each round, so drift on a shared machine hits all
-of them; the script reports medians and the ratios to float32 measured in the same run.
-bf16 is meant for GPU replicas; its CPU timing depends on the CPU's bf16 matmul support.
+of them. The script reports medians and the ratios to float32 measured in the same run.
+bf16 is meant for GPU replicas, so its CPU timing depends on the CPU's bf16 matmul support.
 """
 
 import argparse

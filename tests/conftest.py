@@ -48,8 +48,8 @@ def free_port() -> int:
 def registered_checkpoints(filesystem, run_dir: str) -> int:
     """How many checkpoints Ray Train's controller has registered for a run, read from its snapshot file.
 
-    A checkpoint folder is written before the controller registers it, and a worker that dies in
-    between takes the registration with it; only a registered checkpoint is used on restart.
+    A checkpoint folder is written before the controller registers it. A worker that dies in
+    between takes the registration with it, and a restart uses only registered checkpoints.
     """
     try:
         with filesystem.open_input_stream(f"{run_dir}/checkpoint_manager_snapshot.json") as stream:

@@ -21,6 +21,7 @@ import ray
 from rayrec.cli import dataset_label
 from rayrec.config import load_config
 from rayrec.data.prepare import prepare_from_config
+from rayrec.training.resources import run_workers_at_normal_priority
 from rayrec.training.trainer import train
 
 
@@ -34,6 +35,7 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     # Time to a trained model includes starting Ray.
     total_start = time.perf_counter()
+    run_workers_at_normal_priority()
     ray.init(include_dashboard=False)
     ray_start_s = time.perf_counter() - total_start
 

@@ -214,7 +214,10 @@ def init_ray() -> None:
     """
     import ray
 
+    from rayrec.training.resources import run_workers_at_normal_priority
+
     if not ray.is_initialized():
+        run_workers_at_normal_priority()
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 

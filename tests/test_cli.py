@@ -243,16 +243,22 @@ def test_bench_train_two_worker_counts(trained, tmp_path, capsys):
 @pytest.mark.ray
 def test_bench_train_batch_per_worker(trained, tmp_path, capsys):
     output = tmp_path / "bench.json"
-    assert main([
+    args = [
         "bench", "train", "--config", str(REPO / "configs" / "ml-100k.yaml"), "--epochs", "1", "--workers", "2",
         "--batch-per-worker", "--work-dir", str(tmp_path / "work"), "--output", str(output),
         f"data.output_dir={trained['prepared']}", "model.max_len=20", "model.hidden_size=16", "model.num_layers=1",
         "train.batch_size=32",
-    ]) == 0
-
+    ]
+    assert main(args) == 0
     records = json.loads(output.read_text())
     assert [(record["workers"], record["global_batch_size"]) for record in records] == [(2, 64)]
     assert "global batch" in capsys.readouterr().out
+
+    # A second call in the same work dir trains anew instead of resuming the finished run.
+    time.sleep(1.1)
+    assert main(args) == 0
+    assert len(list((tmp_path / "work" / "2-workers" / "runs").glob("bench-2-workers-*"))) == 2
+    assert json.loads(output.read_text())[0]["train_s_per_epoch"] != records[0]["train_s_per_epoch"]
 
 
 def test_bench_train_rejects_zero_workers(capsys):

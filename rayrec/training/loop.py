@@ -203,13 +203,15 @@ def _train_epoch(model, optimizer, scheduler, config: TrainConfig, sequences: li
     model.train()
     rank = ray.train.get_context().get_world_rank()
     rng = np.random.default_rng([config.seed, epoch, rank])
-    batches = length_bucketed_batches(sequences, batch_size, rng)
+    # The batch order is drawn from a seed shared by all workers, so their step-i batches have similar lengths.
+    batches = matched_batch_order(length_bucketed_batches(sequences, batch_size, rng), num_batches,
+                                  np.random.default_rng([config.seed, epoch]))
     accumulation = config.grad_accumulation_steps
     loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, number of real batches]
     interval_start, sequences_in_interval = time.perf_counter(), 0
 
     for step in range(num_batches):
-        if step < len(batches):
+        if batches[step]:
             item_ids, weight = pad_histories(batches[step], module.training_window), 1.0
         else:
             item_ids, weight = torch.ones((1, 2), dtype=torch.int64), 0.0
@@ -273,6 +275,20 @@ def length_bucketed_batches(sequences: list[np.ndarray], batch_size: int, rng: n
         chunk = sorted(order[start:start + bucket], key=lambda i: len(sequences[i]))
         batches.extend([[sequences[i] for i in chunk[j:j + batch_size]] for j in range(0, len(chunk), batch_size)])
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def matched_batch_order(batches: list[list[np.ndarray]], num_batches: int,
+                        shared_rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Order one worker's batches so that every worker's step-i batch costs about the same.
+
+    A DDP step lasts as long as its slowest worker. Each worker sorts its batches by padded
+    size and pads the list with empty batches up to `num_batches`; a permutation drawn from
+    `shared_rng`, the same on every worker, then sends batches of the same size rank to the
+    same step. The order still changes every epoch.
+    """
+    by_size = sorted(batches, key=lambda batch: len(batch) * max(len(sequence) for sequence in batch), reverse=True)
+    by_size += [[] for _ in range(num_batches - len(batches))]
+    return [by_size[i] for i in shared_rng.permutation(num_batches)]
 
 
 def read_shard(split: str, columns: list[str]) -> dict[str, list]:

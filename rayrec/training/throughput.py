@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,15 @@ def measure_training_throughput(
     it includes start-up costs such as Ray Data's first read.
     """
     sequences = count_training_sequences(prepared_dir, model_config.training_window)
+    # A new run name per call: reusing one would resume the finished run and report its old timings.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     records = []
     for workers in worker_counts:
         batch_size = train_config.batch_size * workers if batch_per_worker else train_config.batch_size
         config = dataclasses.replace(
             train_config, num_workers=workers, batch_size=batch_size, max_epochs=epochs, patience=epochs + 1,
             storage_path=str(Path(work_dir, f"{workers}-workers", "runs").resolve()),
-            bundle_dir=str(Path(work_dir, f"{workers}-workers", "bundle")), run_name=f"bench-{workers}-workers",
+            bundle_dir=str(Path(work_dir, f"{workers}-workers", "bundle")), run_name=f"bench-{workers}-workers-{stamp}",
         )
         logger.info("Throughput run with %d workers, %d epochs", workers, epochs)
         plan = plan_worker_resources(config, ray.cluster_resources().get("CPU", 0.0))

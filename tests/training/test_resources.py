@@ -1,7 +1,12 @@
+import os
+import subprocess
+import sys
+import tempfile
+
 import pytest
 
 from rayrec.training.config import TrainConfig
-from rayrec.training.resources import plan_worker_resources
+from rayrec.training.resources import WORKER_NICENESS_ENV, plan_worker_resources, run_workers_at_normal_priority
 
 
 def test_two_cpus_keep_one_for_data():
@@ -41,3 +46,28 @@ def test_train_config_validation():
 def test_lr_schedule_validation():
     with pytest.raises(ValueError, match="warmup_steps \\(-1\\) must not be negative"):
         TrainConfig(warmup_steps=-1)
+
+
+@pytest.mark.ray
+def test_local_ray_started_by_rayrec_runs_workers_at_niceness_0(ray_local):
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", WORKER_NICENESS_ENV)}
+    script = (
+        "import os, ray\n"
+        "from rayrec.cli import init_ray\n"
+        "init_ray()\n"
+        "print('niceness', ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()))\n"
+        "ray.shutdown()\n"
+    )
+    # Its own temp dir (short, for Ray's socket paths) makes it start a new Ray beside the suite's.
+    with tempfile.TemporaryDirectory(prefix="rr-", dir="/tmp") as temp_dir:
+        env["RAY_TMPDIR"] = temp_dir
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "niceness 0" in result.stdout
+
+
+def test_user_niceness_is_kept(monkeypatch):
+    monkeypatch.setenv(WORKER_NICENESS_ENV, "15")
+    run_workers_at_normal_priority()
+    assert os.environ[WORKER_NICENESS_ENV] == "15"

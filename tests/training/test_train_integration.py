@@ -89,6 +89,29 @@ def test_length_bucketed_batches_cover_every_sequence():
     assert all(len(batch) <= 8 for batch in batches)
 
 
+def test_matched_batch_order_gives_workers_similar_steps():
+    from rayrec.training.loop import length_bucketed_batches, matched_batch_order
+
+    def cost(batch):
+        return len(batch) * max((len(s) for s in batch), default=0)
+
+    data_rng = np.random.default_rng(1)
+    shards = [[np.arange(n) for n in data_rng.integers(2, 52, size=size)] for size in (400, 380)]
+    per_worker = [length_bucketed_batches(shard, 8, np.random.default_rng([7, rank]))
+                  for rank, shard in enumerate(shards)]
+    matched = [matched_batch_order(batches, 50, np.random.default_rng([7])) for batches in per_worker]
+
+    # Every batch is kept once, and the shorter shard is padded with empty batches to 50 steps.
+    assert [len(m) for m in matched] == [50, 50]
+    assert sorted(map(cost, matched[1])) == sorted([0] * (50 - len(per_worker[1])) + list(map(cost, per_worker[1])))
+    assert sum(len(s) for b in matched[0] for s in b) == sum(len(s) for s in shards[0])
+
+    # A step waits for its slowest worker: matching removes most of that wait.
+    unmatched_wait = sum(abs(cost(a) - cost(b)) for a, b in zip(per_worker[0], per_worker[1]))
+    matched_wait = sum(abs(cost(a) - cost(b)) for a, b in zip(*matched))
+    assert matched_wait < unmatched_wait / 3
+
+
 def test_training_windows_cover_each_target_once():
     from rayrec.training.loop import training_windows
 

@@ -26,8 +26,8 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     data_cpus: float = 1.0
-    batch_size: int = 32
-    lr: float = 2e-3
+    batch_size: int = 128
+    lr: float = 4e-3
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 100
     weight_decay: float = 0.0

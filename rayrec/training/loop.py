@@ -282,9 +282,9 @@ def matched_batch_order(batches: list[list[np.ndarray]], num_batches: int,
     """Order one worker's batches so that every worker's step-i batch costs about the same.
 
     A DDP step lasts as long as its slowest worker. Each worker sorts its batches by padded
-    size and pads the list with empty batches up to `num_batches`; a permutation drawn from
+    size and pads the list with empty batches up to `num_batches`. A permutation drawn from
     `shared_rng`, the same on every worker, then sends batches of the same size rank to the
-    same step. The order still changes every epoch.
+    same step, and the order still changes every epoch.
     """
     by_size = sorted(batches, key=lambda batch: len(batch) * max(len(sequence) for sequence in batch), reverse=True)
     by_size += [[] for _ in range(num_batches - len(batches))]

@@ -21,7 +21,7 @@ def run_workers_at_normal_priority() -> None:
     """Make a Ray started by this process run its workers at niceness 0, unless the user set a value.
 
     Ray starts workers at niceness 15, below its own daemons. In data-parallel training every
-    preemption of one worker also stalls the others at the next gradient all-reduce; on 2 vCPUs,
+    preemption of one worker also stalls the others at the next gradient all-reduce. On 2 vCPUs,
     2 workers reached 1.3x the throughput of 1 worker at niceness 15 and 1.5x at 0. A cluster
     already started with `ray start` keeps the niceness it was started with.
     """

@@ -49,7 +49,7 @@ def test_lr_schedule_validation():
 
 
 @pytest.mark.ray
-def test_local_ray_started_by_rayrec_runs_workers_at_niceness_0(ray_local):
+def test_local_ray_workers_niceness_0(ray_local):
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", WORKER_NICENESS_ENV)}
     script = (
         "import os, ray\n"

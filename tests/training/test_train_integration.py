@@ -89,7 +89,7 @@ def test_length_bucketed_batches_cover_every_sequence():
     assert all(len(batch) <= 8 for batch in batches)
 
 
-def test_matched_batch_order_gives_workers_similar_steps():
+def test_matched_batch_order_balances_steps():
     from rayrec.training.loop import length_bucketed_batches, matched_batch_order
 
     def cost(batch):

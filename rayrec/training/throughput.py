@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def measure_training_throughput(
     """
     sequences = count_training_sequences(prepared_dir, model_config.training_window)
     # A new run name per call: reusing one would resume the finished run and report its old timings.
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     records = []
     for workers in worker_counts:
         batch_size = train_config.batch_size * workers if batch_per_worker else train_config.batch_size
